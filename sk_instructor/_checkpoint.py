@@ -1,0 +1,189 @@
+"""Finding a checkpoint and reading its sentence-transformers layout.
+
+A published INSTRUCTOR model is a folder (locally or on the Hugging Face hub) whose
+``modules.json`` lists the stages of the embedding pipeline, each stage in a subfolder:
+
+====================  =====================================  ======================
+stage                 folder                                 handled by
+====================  =====================================  ======================
+Transformer           ``""`` (root): config, tokenizer,      ``_transformer.py``
+                      weights, ``sentence_bert_config.json``
+Pooling               ``1_Pooling/config.json``              ``_pooling.py``
+Dense                 ``2_Dense/config.json`` + weights      ``_dense.py``
+Normalize             ``3_Normalize/`` (no files needed)     ``_normalize.py``
+====================  =====================================  ======================
+
+This module only locates the folder and validates the listing; each stage module loads its own
+folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import CheckpointError, ModelNotFoundError
+
+__all__ = ["ResolvedModel", "StageSpec", "read_json", "read_stages", "resolve_model"]
+
+# The last component of the dotted ``type`` in modules.json decides the stage. Both
+# sentence-transformers' names and InstructorEmbedding's own subclasses appear in published files.
+_STAGE_KINDS = {
+    "Transformer": "transformer",
+    "INSTRUCTOR_Transformer": "transformer",
+    "Pooling": "pooling",
+    "INSTRUCTOR_Pooling": "pooling",
+    "Dense": "dense",
+    "Normalize": "normalize",
+}
+_TRUSTED_PACKAGES = ("sentence_transformers", "InstructorEmbedding")
+
+# Files a hub download never needs: other frameworks' weights and exports.
+_HUB_IGNORE_PATTERNS = [
+    "*.h5",
+    "*.ot",
+    "*.msgpack",
+    "*.onnx",
+    "onnx/*",
+    "openvino/*",
+    "tf_model*",
+    "flax_model*",
+    "rust_model*",
+    "coreml/*",
+]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One entry of ``modules.json``: the stage kind and the folder holding its files."""
+
+    kind: str
+    folder: Path
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A checkpoint found on disk.
+
+    ``identity`` names the weights for cache keys: ``hub:<id>@<commit>`` for hub models (the
+    snapshot folder's commit hash), or ``None`` for a local folder, whose fingerprint is computed
+    from its files only when a cache needs it.
+    """
+
+    folder: Path
+    identity: str | None
+
+
+def read_json(path: Path, *, what: str) -> Any:
+    """Read a JSON file, turning a missing or malformed file into a CheckpointError naming it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise CheckpointError(f"{what}: required file {path} is missing.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{what}: {path} is not valid JSON ({exc}).") from None
+
+
+def read_stages(folder: Path) -> list[StageSpec]:
+    """Validate ``modules.json`` and return its stages in order.
+
+    Only the four stage types of the published checkpoints are known. Anything else (a custom
+    module, a class from another package) is refused by name: loading it would mean importing
+    and running code that came with the checkpoint.
+    """
+    path = folder / "modules.json"
+    entries = read_json(path, what="sentence-transformers checkpoint")
+    if not isinstance(entries, list) or not entries:
+        raise CheckpointError(f"{path} must hold a non-empty JSON list of modules.")
+    stages = []
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+            raise CheckpointError(f"{path}: entry {position} has no 'type' string.")
+        type_name = entry["type"]
+        package, _, class_name = type_name.rpartition(".")
+        kind = _STAGE_KINDS.get(class_name)
+        if kind is None or not package.startswith(_TRUSTED_PACKAGES):
+            raise CheckpointError(
+                f"{path}: entry {position} has unknown module type {type_name!r}; supported "
+                f"types are sentence-transformers' Transformer, Pooling, Dense and Normalize."
+            )
+        relative = entry.get("path", "")
+        if not isinstance(relative, str) or os.path.isabs(relative) or ".." in Path(relative).parts:
+            raise CheckpointError(f"{path}: entry {position} has an invalid path {relative!r}.")
+        stages.append(StageSpec(kind=kind, folder=folder / relative))
+    kinds = [stage.kind for stage in stages]
+    if kinds[0] != "transformer" or kinds.count("transformer") != 1:
+        raise CheckpointError(f"{path}: the first and only Transformer stage must come first.")
+    if "pooling" not in kinds:
+        raise CheckpointError(f"{path}: a Pooling stage is required to get one vector per text.")
+    return stages
+
+
+def resolve_model(
+    model: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    local_files_only: bool = False,
+    cache_folder: str | None = None,
+) -> ResolvedModel:
+    """Find a checkpoint folder: an existing local folder, or a hub id through huggingface_hub.
+
+    Hub downloads go through ``huggingface_hub.snapshot_download`` so that its cache, ``revision``
+    pins, ``HF_HUB_OFFLINE`` and tokens work as users expect; ``local_files_only=True`` only
+    reads that cache.
+    """
+    path = Path(os.fspath(model)).expanduser()
+    if path.is_dir():
+        return ResolvedModel(folder=path.resolve(), identity=None)
+    text = os.fspath(model)
+    if text.startswith((".", "/", "~")) or os.sep in text.replace("/", "") or text.count("/") > 1:
+        raise ModelNotFoundError(f"model={text!r} looks like a folder path, but no such folder.")
+    return _download_from_hub(
+        text, revision=revision, local_files_only=local_files_only, cache_folder=cache_folder
+    )
+
+
+def _download_from_hub(
+    repo_id: str, *, revision: str | None, local_files_only: bool, cache_folder: str | None
+) -> ResolvedModel:
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            local_files_only=local_files_only,
+            cache_dir=cache_folder,
+            ignore_patterns=_HUB_IGNORE_PATTERNS,
+        )
+    except errors.GatedRepoError as exc:
+        raise ModelNotFoundError(
+            f"model={repo_id!r} is gated on the Hugging Face hub: accept its terms on the hub and "
+            f"log in (`hf auth login` or HF_TOKEN)."
+        ) from exc
+    except errors.RepositoryNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"model={repo_id!r} was not found on the Hugging Face hub (wrong id, or a private "
+            f"repository you have no access to), and it is not a local folder."
+        ) from exc
+    except errors.RevisionNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"model={repo_id!r} has no revision {revision!r} on the Hugging Face hub."
+        ) from exc
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, OSError) as exc:
+        # LocalEntryNotFoundError is what an offline machine (no network, HF_HUB_OFFLINE=1 or
+        # local_files_only=True) gets when the model is not in the cache yet.
+        raise ModelNotFoundError(
+            f"model={repo_id!r} is not in the local Hugging Face cache and could not be "
+            f"downloaded ({type(exc).__name__}). Connect to the internet once so it can be cached "
+            f"(and unset HF_HUB_OFFLINE / local_files_only), or pass the path of a local folder "
+            f"holding the checkpoint."
+        ) from exc
+    folder_path = Path(folder)
+    commit = folder_path.name  # snapshots/<commit hash>/
+    return ResolvedModel(folder=folder_path, identity=f"hub:{repo_id}@{commit}")

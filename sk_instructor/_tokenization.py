@@ -1,0 +1,100 @@
+"""Tokenization with INSTRUCTOR's instruction mask.
+
+The rules (InstructorEmbedding 1.0.1, which the published models were trained and evaluated
+with) are reproduced exactly, quirks included:
+
+1. the model input is ``(instruction + text.strip()).strip()``, no separator added;
+2. the instruction's length is counted on the instruction *stripped* and tokenized alone, minus
+   its final special token (``</s>`` for T5, ``[SEP]`` for BERT);
+3. if that count is ``<= 1`` nothing is masked (the training code did the same);
+4. the encoder sees every token; only the pooling mask drops the first ``count`` positions.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TokenizedTexts", "Tokenizer"]
+
+
+@dataclass
+class TokenizedTexts:
+    """Token ids of a list of (instruction, text) pairs, unpadded, in input order."""
+
+    input_ids: list[list[int]]
+    instruction_lengths: np.ndarray  # tokens to drop from pooling, per row
+    n_truncated: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64)
+
+
+class Tokenizer:
+    """A fast tokenizer wrapped with the instruction rules and a lock.
+
+    The lock matters: a Rust tokenizer whose truncation settings are changed by one thread while
+    another encodes raises "Already borrowed", so calls into it are serialised. They are short
+    next to the encoder's forward pass.
+    """
+
+    def __init__(self, tokenizer: Any, *, do_lower_case: bool) -> None:
+        self._tokenizer = tokenizer
+        self._do_lower_case = do_lower_case
+        self._lock = threading.Lock()
+        self._instruction_lengths: dict[tuple[str, int], int] = {}
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self._tokenizer.pad_token_id)
+
+    def instruction_length(self, instruction: str, max_seq_length: int) -> int:
+        """Number of leading tokens the pooling mask drops for ``instruction``."""
+        key = (instruction, max_seq_length)
+        cached = self._instruction_lengths.get(key)
+        if cached is not None:
+            return cached
+        text = self._prepare(instruction.strip())
+        with self._lock:
+            ids = self._tokenizer(text, truncation=True, max_length=max_seq_length)["input_ids"]
+        count = len(ids) - 1
+        # Quirk kept on purpose: the published models were trained with one-token (and empty)
+        # instructions left unmasked.
+        length = count if count > 1 else 0
+        self._instruction_lengths[key] = length
+        return length
+
+    def tokenize(
+        self, instructions: list[str], texts: list[str], max_seq_length: int
+    ) -> TokenizedTexts:
+        """Tokenize pairs (truncating each to ``max_seq_length`` tokens), without padding."""
+        joined = [
+            self._prepare((instruction + text.strip()).strip())
+            for instruction, text in zip(instructions, texts, strict=True)
+        ]
+        lengths = np.array(
+            [self.instruction_length(instruction, max_seq_length) for instruction in instructions],
+            dtype=np.int64,
+        )
+        with self._lock:
+            batch = self._tokenizer(
+                joined,
+                truncation=True,
+                max_length=max_seq_length,
+                add_special_tokens=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+        # The Rust tokenizer records what truncation cut off in each encoding's `overflowing`.
+        n_truncated = sum(1 for encoding in batch.encodings if encoding.overflowing)
+        return TokenizedTexts(
+            input_ids=batch["input_ids"], instruction_lengths=lengths, n_truncated=n_truncated
+        )
+
+    def _prepare(self, text: str) -> str:
+        # sentence-transformers' do_lower_case applies to instruction and text alike.
+        return text.lower() if self._do_lower_case else text

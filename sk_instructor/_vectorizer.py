@@ -1,0 +1,333 @@
+"""InstructorVectorizer: INSTRUCTOR embeddings as a scikit-learn transformer.
+
+The class is thin on purpose: it validates parameters, resolves the instruction, reads the input
+container and hands (instruction, text) pairs to the shared encoding engine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from numbers import Integral
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._input import TextColumn, read_text_column
+from ._instruction import DEFAULT_TEMPLATE, format_instruction
+
+__all__ = ["InstructorVectorizer"]
+
+# Show a progress bar by default only for inputs at least this large (and on a terminal).
+_PROGRESS_MIN_ROWS = 256
+
+
+class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Embed texts with an INSTRUCTOR model under a task instruction.
+
+    Each text is encoded as ``instruction + text`` by an instruction-following embedding model
+    (hkunlp/instructor-base, -large, -xl, or any sentence-transformers checkpoint), and the
+    instruction's tokens are left out of the pooled vector, exactly as the published models were
+    trained. The instruction is either given whole (``instruction``) or built from a template
+    out of ``domain``, ``text_type`` and ``objective``, which makes each part a
+    hyper-parameter that GridSearchCV can tune.
+
+    The model is loaded on first use (in ``fit``) and shared by every vectorizer of the process
+    with the same ``model``, ``revision``, ``device`` and ``dtype``; the estimator itself holds no
+    weights, so clones are cheap and pickles small.
+
+    Parameters
+    ----------
+    model : str or path-like, default="hkunlp/instructor-large"
+        A Hugging Face hub id or a local folder in the sentence-transformers layout.
+    instruction : str or None, default=None
+        The full instruction, e.g. ``"Represent the Science title: "``. Wins over the template.
+        Keep its trailing space: the model was trained with it.
+    domain : str or None, default=None
+        Domain for the template, e.g. ``"Science"``, ``"Financial"``. Optional.
+    text_type : str, default="sentence"
+        Text type for the template, e.g. ``"title"``, ``"question"``, ``"document"``.
+    objective : str or None, default=None
+        Task objective for the template, e.g. ``"classification"``, ``"retrieval"``. Optional.
+    template : str, default="Represent the {domain} {text_type} for {objective}: "
+        The instruction template; an absent domain or objective drops out cleanly.
+    batch_size : int or None, default=None
+        Upper bound on texts per batch. Batches are otherwise sized by a token budget suited to
+        the device (texts are sorted by length, so little padding is computed).
+    device : str, default="auto"
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Compute precision. ``"auto"``: float32 on CPU; bfloat16 for T5 (float16 overflows it)
+        and float16 for other encoders on GPUs. Output is always float32.
+    max_seq_length : int or None, default=None
+        Token limit per text, instruction included; ``None`` uses the checkpoint's (512 for
+        INSTRUCTOR). Longer texts are truncated with a warning.
+    normalize : bool, default=True
+        Return unit-length vectors (dot product = cosine similarity).
+    missing : {"error", "empty", "zero"}, default="error"
+        What to do with missing values (None, NaN, pd.NA): raise naming the rows, embed the
+        empty string, or return a zero vector.
+    show_progress_bar : bool or None, default=None
+        ``None`` shows a tqdm bar for large inputs when stderr is a terminal.
+    cache : "memory", str, path-like, cache object or None, default="memory"
+        Where embeddings are kept for reuse: the process-wide memory cache (shared by clones,
+        so a grid search encodes each distinct text once), a folder path for a persistent
+        on-disk cache shared across processes, a cache object, or ``None`` for no cache.
+    revision : str or None, default=None
+        Hub revision (branch, tag or commit) to pin.
+    local_files_only : bool, default=False
+        Only use models already in the local Hugging Face cache.
+
+    Attributes
+    ----------
+    instruction_ : str
+        The instruction actually applied.
+    embedding_dim_ : int
+        Length of each embedding.
+    device_ : str
+        The device the model runs on.
+    n_features_in_ : int
+        Always 1: one text column.
+    feature_names_in_ : ndarray of shape (1,)
+        The text column's name, when fitted on a DataFrame.
+
+    See Also
+    --------
+    sklearn.feature_extraction.text.TfidfVectorizer : Sparse bag-of-words features.
+
+    Examples
+    --------
+    >>> from sk_instructor import InstructorVectorizer
+    >>> from sk_instructor._testing import build_t5_checkpoint
+    >>> import tempfile
+    >>> model_folder = build_t5_checkpoint(tempfile.mkdtemp())  # a tiny random model
+    >>> vectorizer = InstructorVectorizer(model=model_folder, domain="Science", text_type="title")
+    >>> vectors = vectorizer.fit_transform(["Parton energy loss in QCD matter", "Dark matter"])
+    >>> vectorizer.instruction_
+    'Represent the Science title: '
+    >>> vectors.shape, vectors.dtype
+    ((2, 16), dtype('float32'))
+    """
+
+    _parameter_constraints: ClassVar[dict] = {
+        "model": [str, os.PathLike],
+        "instruction": [str, None],
+        "domain": [str, None],
+        "text_type": [str, None],
+        "objective": [str, None],
+        "template": [str],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "device": [str],
+        "dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+        "max_seq_length": [Interval(Integral, 2, None, closed="left"), None],
+        "normalize": ["boolean"],
+        "missing": [StrOptions({"error", "empty", "zero"})],
+        "show_progress_bar": ["boolean", None],
+        "cache": [str, os.PathLike, HasMethods(["get_many", "put_many"]), None],
+        "revision": [str, None],
+        "local_files_only": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = "hkunlp/instructor-large",
+        *,
+        instruction: str | None = None,
+        domain: str | None = None,
+        text_type: str | None = "sentence",
+        objective: str | None = None,
+        template: str = DEFAULT_TEMPLATE,
+        batch_size: int | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_seq_length: int | None = None,
+        normalize: bool = True,
+        missing: str = "error",
+        show_progress_bar: bool | None = None,
+        cache: Any = "memory",
+        revision: str | None = None,
+        local_files_only: bool = False,
+    ) -> None:
+        self.model = model
+        self.instruction = instruction
+        self.domain = domain
+        self.text_type = text_type
+        self.objective = objective
+        self.template = template
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.max_seq_length = max_seq_length
+        self.normalize = normalize
+        self.missing = missing
+        self.show_progress_bar = show_progress_bar
+        self.cache = cache
+        self.revision = revision
+        self.local_files_only = local_files_only
+
+    # -- scikit-learn API --------------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any = None) -> InstructorVectorizer:
+        """Resolve the instruction and load the model; nothing is learned from ``X``.
+
+        Parameters
+        ----------
+        X : list of str, 1-D array, Series, or one-column DataFrame
+            Texts; only checked (and the column name recorded).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : InstructorVectorizer
+        """
+        column = read_text_column(X)
+        if not column.texts:
+            raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
+        self.instruction_ = self._resolve_instruction()
+        from ._device import resolve_device
+
+        self.device_ = resolve_device(self.device)
+        self.embedding_dim_ = self._engine().embedding_dim
+        self.n_features_in_ = 1
+        if column.feature_names is not None:
+            self.feature_names_in_ = column.feature_names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Embed each text of ``X``.
+
+        Parameters
+        ----------
+        X : list of str, 1-D array, Series, or one-column DataFrame
+            Texts to embed. Model-card style rows ``[instruction, text]`` or
+            ``[instruction, text, 0]`` embed each text under its own instruction.
+
+        Returns
+        -------
+        ndarray of shape (n_texts, embedding_dim_), float32
+        """
+        check_is_fitted(self, "embedding_dim_")
+        column = read_text_column(X)
+        self._check_feature_names(column)
+        return self._embed(column)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Output names ``instructorvectorizer0`` ... one per embedding dimension."""
+        check_is_fitted(self, "embedding_dim_")
+        return super().get_feature_names_out(input_features)
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.embedding_dim_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        return tags
+
+    def __setstate__(self, state: dict) -> None:
+        # A vectorizer fitted on a GPU machine keeps working where there is none: the device is
+        # resolved again when the recorded one is missing here.
+        super().__setstate__(state)
+        recorded = state.get("device_")
+        if recorded is not None and not recorded.startswith("cpu"):
+            from ._device import resolve_device
+
+            try:
+                resolve_device(recorded)
+            except ValueError:
+                fallback = resolve_device("auto")
+                warnings.warn(
+                    f"this vectorizer ran on {recorded!r}, which this machine lacks; using "
+                    f"{fallback!r} instead.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.device_ = fallback
+
+    # -- internals -----------------------------------------------------------------------------
+    def _resolve_instruction(self) -> str:
+        if self.instruction is not None:
+            return self.instruction
+        return format_instruction(
+            self.template, domain=self.domain, text_type=self.text_type, objective=self.objective
+        )
+
+    def _engine(self):
+        from ._registry import get_model
+
+        return get_model(
+            self.model,
+            revision=self.revision,
+            device=getattr(self, "device_", self.device),
+            dtype=self.dtype,
+            local_files_only=self.local_files_only,
+        )
+
+    def _check_feature_names(self, column: TextColumn) -> None:
+        fitted = getattr(self, "feature_names_in_", None)
+        if fitted is not None and column.feature_names is not None:
+            if list(column.feature_names) != list(fitted):
+                raise ValueError(
+                    f"X has column {list(column.feature_names)} but this vectorizer was fitted "
+                    f"on column {list(fitted)}."
+                )
+
+    def _embed(self, column: TextColumn) -> np.ndarray:
+        from ._cache import resolve_cache
+
+        texts = column.texts
+        if column.missing_rows and self.missing == "error":
+            shown = column.missing_rows[:10]
+            more = (
+                ""
+                if len(column.missing_rows) <= 10
+                else f" and {len(column.missing_rows) - 10} more"
+            )
+            raise ValueError(
+                f"X has missing values (None/NaN) at row(s) {shown}{more}. Drop or fill them, or "
+                f"set missing='empty' (embed an empty text) or missing='zero' (zero vectors)."
+            )
+        keep = np.ones(len(texts), dtype=bool)
+        if column.missing_rows and self.missing == "zero":
+            keep[column.missing_rows] = False
+        instructions = column.instructions or [self.instruction_] * len(texts)
+        rows = np.flatnonzero(keep)
+        engine = self._engine()
+        output = np.zeros((len(texts), engine.embedding_dim), dtype=np.float32)
+        with self._progress(len(rows)) as progress:
+            output[rows] = engine.encode(
+                [instructions[i] for i in rows],
+                [texts[i] if texts[i] is not None else "" for i in rows],
+                batch_size=self.batch_size,
+                max_seq_length=self.max_seq_length,
+                normalize=self.normalize,
+                cache=resolve_cache(self.cache),
+                progress=progress,
+            )
+        return output
+
+    def _progress(self, n_rows: int):
+        from tqdm.auto import tqdm
+
+        show = self.show_progress_bar
+        if show is None:
+            show = n_rows >= _PROGRESS_MIN_ROWS and sys.stderr is not None and sys.stderr.isatty()
+        return tqdm(total=n_rows, unit="text", desc="Embedding", disable=not show, leave=False)

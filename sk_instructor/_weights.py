@@ -1,0 +1,91 @@
+"""Reading weight files without ever running code stored in them.
+
+The published INSTRUCTOR checkpoints ship pickled ``pytorch_model.bin`` files. A pickle can hold
+arbitrary objects whose loading runs code, so ``.bin`` files are only read with
+``torch.load(weights_only=True)``, which accepts tensors and plain containers and refuses the
+rest. ``.safetensors`` files hold raw tensors only and are preferred when both exist.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._checkpoint import read_json
+from ._exceptions import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["find_weight_files", "load_state_dict"]
+
+
+def find_weight_files(folder: Path, stem: str) -> list[Path] | None:
+    """Return the weight files of ``folder`` for ``stem`` (``model`` or ``pytorch_model``).
+
+    Handles single files and sharded checkpoints (``<stem>.safetensors.index.json``), preferring
+    safetensors. ``None`` when there are none.
+    """
+    for suffix in (".safetensors", ".bin"):
+        single = folder / f"{stem}{suffix}"
+        if single.is_file():
+            return [single]
+        index = folder / f"{stem}{suffix}.index.json"
+        if index.is_file():
+            weight_map = read_json(index, what="sharded checkpoint index").get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index} has no 'weight_map' object.")
+            return [folder / name for name in sorted(set(weight_map.values()))]
+    return None
+
+
+def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Load every tensor of the checkpoint in ``folder`` onto the CPU.
+
+    Looks for ``model.safetensors`` then ``pytorch_model.bin`` (single or sharded).
+
+    Raises
+    ------
+    CheckpointError
+        No weight file, an unreadable file, or a pickle holding anything but tensors.
+    """
+    files = find_weight_files(folder, "model") or find_weight_files(folder, "pytorch_model")
+    if not files:
+        raise CheckpointError(
+            f"no weights in {folder}: expected model.safetensors or pytorch_model.bin."
+        )
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        state.update(_load_file(path))
+    return state
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    if not path.is_file():
+        raise CheckpointError(f"weight file {path} listed by the checkpoint is missing.")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read weight file {path}: {exc}") from None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains pickled objects other than tensors, which "
+            f"could run code when loaded (torch.load weights_only=True refused it: "
+            f"{str(exc).splitlines()[0]})."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read weight file {path}: {exc}") from None
+    if not isinstance(loaded, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
+    ):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors).")
+    return loaded
