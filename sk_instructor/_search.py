@@ -1,0 +1,221 @@
+"""Exact cosine nearest-neighbour search over a large corpus in bounded memory.
+
+:func:`cosine_kneighbors` returns what
+``NearestNeighbors(metric="cosine", algorithm="brute").fit(corpus).kneighbors(queries)`` returns,
+without ever holding the ``n_queries x n_docs`` distance matrix: the corpus is read in chunks,
+each ``query_chunk x corpus_chunk`` block of distances is reduced to its best ``n_neighbors``
+with :func:`numpy.argpartition`, and a running top-k per query is merged block after block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from sklearn.preprocessing import normalize
+from sklearn.utils import check_array
+
+__all__ = ["cosine_kneighbors"]
+
+# An index larger than any real one, so that the "no candidate yet" slots sort last on ties.
+_NO_INDEX = np.iinfo(np.intp).max
+
+
+def _validate_inputs(
+    queries: ArrayLike, corpus: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+    """Check both matrices and pick the dtype the distances are computed in.
+
+    Like ``sklearn.metrics.pairwise.check_pairwise_arrays``: float32 only when both inputs are
+    float32, float64 otherwise. The cast itself happens chunk by chunk, so a float32 corpus is
+    never copied whole into float64.
+    """
+    queries = check_array(queries, dtype=[np.float64, np.float32], input_name="queries")
+    corpus = check_array(corpus, dtype=[np.float64, np.float32], input_name="corpus")
+    if queries.shape[1] != corpus.shape[1]:
+        raise ValueError(
+            f"queries has {queries.shape[1]} features per row but corpus has "
+            f"{corpus.shape[1]}; both must be embeddings of the same dimension."
+        )
+    both_float32 = queries.dtype == np.float32 and corpus.dtype == np.float32
+    dtype = np.dtype(np.float32 if both_float32 else np.float64)
+    return queries, corpus, dtype
+
+
+def _check_positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
+    if value < 1:
+        raise ValueError(f"Expected {name} > 0. Got {value}")
+    return int(value)
+
+
+def _chunks(n_rows: int, chunk_size: int) -> Iterator[slice]:
+    for start in range(0, n_rows, chunk_size):
+        yield slice(start, min(start + chunk_size, n_rows))
+
+
+def _unit_rows(rows: np.ndarray, dtype: np.dtype, already_normalized: bool) -> np.ndarray:
+    """L2-normalize rows exactly as sklearn's ``cosine_similarity`` does.
+
+    Calling sklearn's own ``normalize`` keeps the results bit-identical to sklearn's, including
+    its convention for zero rows (left at zero, so their cosine similarity with anything is 0 and
+    their cosine distance 1).
+    """
+    rows = rows.astype(dtype, copy=False)
+    if already_normalized:
+        return rows
+    return normalize(rows, norm="l2", copy=True)
+
+
+def _block_distances(query_rows: np.ndarray, corpus_rows: np.ndarray) -> np.ndarray:
+    """Cosine distances ``1 - q @ c.T`` between unit rows, clipped to [0, 2] like sklearn."""
+    distances = query_rows @ corpus_rows.T
+    np.negative(distances, out=distances)
+    distances += 1
+    np.clip(distances, 0.0, 2.0, out=distances)
+    return distances
+
+
+def _block_top_k(distances: np.ndarray, k: int) -> np.ndarray:
+    """Column positions of the ``k`` smallest distances per row, lower position first on ties.
+
+    ``argpartition`` picks an arbitrary subset among values equal to the k-th smallest; the rows
+    where that matters (more than ``k`` values at or below it) are redone so that the lowest
+    positions among the tied values win.
+    """
+    n_rows, n_cols = distances.shape
+    if k >= n_cols:
+        return np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
+    partition = np.argpartition(distances, k - 1, axis=1)
+    top = partition[:, :k]
+    kth_value = np.take_along_axis(distances, partition[:, k - 1 : k], axis=1)
+    n_at_or_below = np.count_nonzero(distances <= kth_value, axis=1)
+    for row in np.flatnonzero(n_at_or_below > k):
+        below = np.flatnonzero(distances[row] < kth_value[row, 0])
+        tied = np.flatnonzero(distances[row] == kth_value[row, 0])
+        top[row] = np.concatenate([below, tied[: k - below.size]])
+    return top
+
+
+def _merge_top_k(
+    best_distances: np.ndarray,
+    best_indices: np.ndarray,
+    new_distances: np.ndarray,
+    new_indices: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the ``k`` best of two candidate sets per row, sorted by (distance, index)."""
+    distances = np.concatenate([best_distances, new_distances], axis=1)
+    indices = np.concatenate([best_indices, new_indices], axis=1)
+    # lexsort sorts by the last key first: distance, then the lower corpus index on ties.
+    order = np.lexsort((indices, distances), axis=1)[:, :k]
+    return (
+        np.take_along_axis(distances, order, axis=1),
+        np.take_along_axis(indices, order, axis=1),
+    )
+
+
+def cosine_kneighbors(
+    queries: ArrayLike,
+    corpus: ArrayLike,
+    n_neighbors: int,
+    *,
+    query_chunk: int = 512,
+    corpus_chunk: int = 8192,
+    corpus_is_normalized: bool = False,
+    return_distance: bool = True,
+) -> tuple[NDArray[np.floating], NDArray[np.intp]] | NDArray[np.intp]:
+    """Exact cosine k-nearest neighbours of ``queries`` in ``corpus``, chunk by chunk.
+
+    Returns the same arrays as
+    ``NearestNeighbors(metric="cosine", algorithm="brute").fit(corpus).kneighbors(queries,
+    n_neighbors)``: cosine distances (``1 - cosine similarity``, clipped to [0, 2]) in
+    increasing order and the corpus row of each. Memory beyond the inputs and the outputs is
+    ``O(query_chunk x corpus_chunk)`` (one block of distances and its ``argpartition``), never
+    ``n_queries x n_docs``.
+
+    Parameters
+    ----------
+    queries : array-like of shape (n_queries, n_features)
+        Query embeddings. Sparse input is not supported.
+    corpus : array-like of shape (n_docs, n_features)
+        Corpus embeddings; may be a :class:`numpy.memmap`, which is then read chunk by chunk.
+    n_neighbors : int
+        Number of neighbours per query, ``1 <= n_neighbors <= n_docs``.
+    query_chunk : int, default=512
+        Queries per block.
+    corpus_chunk : int, default=8192
+        Corpus rows per block. A float32 block of the defaults takes 16 MiB.
+    corpus_is_normalized : bool, default=False
+        Trust that the corpus rows already have unit L2 norm (or are zero) and skip normalizing
+        them; queries are always normalized. Distances then match sklearn's to rounding only.
+    return_distance : bool, default=True
+        Whether to return the distances along with the indices.
+
+    Returns
+    -------
+    distances : ndarray of shape (n_queries, n_neighbors)
+        Cosine distances, increasing along each row. Only returned if ``return_distance``. The
+        dtype follows sklearn: float32 when both inputs are float32, float64 otherwise.
+    indices : ndarray of shape (n_queries, n_neighbors), dtype intp
+        Corpus rows of the neighbours.
+
+    Raises
+    ------
+    ValueError
+        If ``n_neighbors`` is below 1 or above ``n_docs`` (sklearn's messages), if the inputs
+        differ in their number of features, or contain NaN or infinity.
+
+    Notes
+    -----
+    Ties are broken by the lower corpus index, whatever the chunk sizes. sklearn's brute-force
+    search makes no such promise: it orders each row with ``argpartition`` and a non-stable
+    ``argsort``, so among exactly equal distances its order is arbitrary. Distances and untied
+    indices agree with sklearn's. A zero vector, query or corpus row, has cosine distance 1 to
+    everything, as in sklearn.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_instructor._search import cosine_kneighbors
+    >>> corpus = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    >>> distances, indices = cosine_kneighbors([[2.0, 0.1]], corpus, 2, corpus_chunk=3)
+    >>> indices
+    array([[0, 2]])
+    >>> distances.round(3)
+    array([[0.001, 0.258]])
+    """
+    queries, corpus, dtype = _validate_inputs(queries, corpus)
+    n_neighbors = _check_positive_int(n_neighbors, "n_neighbors")
+    query_chunk = _check_positive_int(query_chunk, "query_chunk")
+    corpus_chunk = _check_positive_int(corpus_chunk, "corpus_chunk")
+    n_queries, n_docs = queries.shape[0], corpus.shape[0]
+    if n_neighbors > n_docs:
+        raise ValueError(
+            "Expected n_neighbors <= n_samples_fit, but n_neighbors = "
+            f"{n_neighbors}, n_samples_fit = {n_docs}, n_samples = {n_queries}"
+        )
+
+    best_distances = np.full((n_queries, n_neighbors), np.inf, dtype=dtype)
+    best_indices = np.full((n_queries, n_neighbors), _NO_INDEX, dtype=np.intp)
+    # Corpus chunks outside, queries inside: each corpus row is read (from disk, for a memmap)
+    # and normalized once; re-normalizing a query chunk per corpus chunk costs 1/corpus_chunk of
+    # the matrix product.
+    for corpus_rows in _chunks(n_docs, corpus_chunk):
+        unit_corpus = _unit_rows(corpus[corpus_rows], dtype, corpus_is_normalized)
+        for query_rows in _chunks(n_queries, query_chunk):
+            unit_queries = _unit_rows(queries[query_rows], dtype, already_normalized=False)
+            distances = _block_distances(unit_queries, unit_corpus)
+            top = _block_top_k(distances, n_neighbors)
+            best_distances[query_rows], best_indices[query_rows] = _merge_top_k(
+                best_distances[query_rows],
+                best_indices[query_rows],
+                np.take_along_axis(distances, top, axis=1),
+                top + corpus_rows.start,
+                n_neighbors,
+            )
+    if return_distance:
+        return best_distances, best_indices
+    return best_indices
