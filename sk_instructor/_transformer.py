@@ -75,18 +75,15 @@ def load_transformer(
         raise CheckpointError(
             f"{folder / 'config.json'} is not a usable model config: {exc}"
         ) from None
-    class_name = _ENCODER_ONLY_CLASSES.get(model_type)
-    model_class = getattr(transformers, class_name) if class_name else transformers.AutoModel
+    model_class = _model_class(model_type, config, folder)
     state_dict = load_state_dict(folder)
     with _quiet_transformers():
         try:
-            if class_name:
-                model, info = model_class.from_pretrained(
-                    None, config=config, state_dict=state_dict, output_loading_info=True
-                )
-            else:
-                model, info = _auto_model_from_state(model_class, config, state_dict)
-        except (ValueError, RuntimeError, KeyError) as exc:
+            # The weights were read safely above; transformers only maps them onto the network.
+            model, info = model_class.from_pretrained(
+                None, config=config, state_dict=state_dict, output_loading_info=True
+            )
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise CheckpointError(f"cannot build the encoder from {folder}: {exc}") from None
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
@@ -108,11 +105,21 @@ def load_transformer(
     return stage, dtype
 
 
-def _auto_model_from_state(model_class: Any, config: Any, state_dict: dict) -> tuple[Any, dict]:
-    """Build an AutoModel from an in-memory state dict (weights were read safely beforehand)."""
-    return model_class.from_pretrained(
-        None, config=config, state_dict=state_dict, output_loading_info=True
-    )
+def _model_class(model_type: str, config: Any, folder: Path) -> Any:
+    """The transformers class for this architecture (never a class shipped with the files)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    class_name = _ENCODER_ONLY_CLASSES.get(model_type)
+    if class_name:
+        return getattr(transformers, class_name)
+    try:
+        return MODEL_MAPPING[type(config)]
+    except KeyError:
+        raise CheckpointError(
+            f"{folder / 'config.json'}: model_type {model_type!r} has no encoder class in "
+            f"transformers {transformers.__version__}."
+        ) from None
 
 
 def _load_tokenizer(folder: Path) -> Any:
