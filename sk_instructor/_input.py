@@ -1,20 +1,23 @@
 """Turning whatever text container a user passes into a list of strings.
 
-One place for every container (list, tuple, numpy, pandas, polars, generators, the model card's
-``[instruction, text, flag]`` rows) so that every component validates input the same way, and
-errors name the row that is wrong.
+One place for every container (list, tuple, numpy, pandas, polars, pyarrow, generators, the
+model card's ``[instruction, text, flag]`` rows) so that every component validates input the
+same way, and errors name the row that is wrong.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TextColumn", "read_text_column"]
+__all__ = ["TextColumn", "describe_rows", "read_text_column"]
+
+# How many offending rows an error message lists before summarising the rest.
+_ROWS_SHOWN = 10
 
 
 @dataclass
@@ -22,57 +25,69 @@ class TextColumn:
     """One column of texts extracted from the user's input.
 
     ``texts[i]`` is ``None`` where the value is missing (None, NaN, pd.NA); ``instructions`` is
-    set only for the model card's pair/triple rows, one instruction per row.
+    set only for the model card's pair/triple rows, one instruction per row. ``index`` is the
+    pandas index of the input, kept so that errors can name rows by label as well.
     """
 
     texts: list[str | None]
     instructions: list[str] | None = None
     feature_names: np.ndarray | None = None
     missing_rows: list[int] = field(default_factory=list)
+    index: Any = None
 
 
 def read_text_column(X: Any, *, parameter: str = "X") -> TextColumn:
     """Extract the texts of ``X`` (one per row), checking types row by row.
 
+    Accepted: a list or tuple of str, a 1-D numpy array (or a single column ``(n, 1)``), a
+    pandas or polars Series, a pandas or polars DataFrame with one column, a pyarrow array,
+    any other iterable of str, or the model card's rows ``[instruction, text]`` /
+    ``[instruction, text, flag]``.
+
     Raises
     ------
     ValueError
-        A bare string, a frame or array with several columns, or an array of more than 2-D.
+        A bare string, a frame or array with no or several columns, or an array of more than
+        2-D.
     TypeError
-        A value that is neither text nor missing (numbers, bytes...), naming its row.
+        A value that is neither text nor missing (numbers, bytes...), naming its row; a
+        sparse matrix; an unordered container (set, dict).
     """
     if isinstance(X, (str, bytes)):
+        # The wording of sklearn's own text vectorizers, which reject a bare string the same way.
         raise ValueError(
             f"Iterable over raw text documents expected, {type(X).__name__} object received: "
             f"wrap a single text in a list, e.g. [text]."
         )
     module = type(X).__module__.split(".")[0]
     feature_names = None
+    index = None
+    if module == "scipy" and hasattr(X, "tocsr"):
+        raise TypeError(
+            f"{parameter} is a scipy sparse {type(X).__name__}: sparse input is not supported; "
+            f"InstructorVectorizer embeds texts (a list, 1-D array, Series or one-column frame)."
+        )
     if module in ("pandas", "polars") and hasattr(X, "columns"):
         columns = list(X.columns)
         if len(columns) != 1:
-            raise ValueError(
-                f"{parameter} is a DataFrame with {len(columns)} columns {columns[:10]}; "
-                f"InstructorVectorizer embeds one text column. Select it (df['col']), or use a "
-                f"ColumnTransformer with one InstructorVectorizer per text column."
-            )
+            raise ValueError(_column_count_message(parameter, len(columns), X.shape, columns))
         if all(isinstance(name, str) for name in columns):
             feature_names = np.asarray(columns, dtype=object)
         values = X[columns[0]].to_list()
-    elif module in ("pandas", "polars"):  # a Series
+        if module == "pandas":
+            index = X.index
+    elif module in ("pandas", "polars") and hasattr(X, "to_list"):  # a Series
         values = X.to_list()
-    elif isinstance(X, np.ndarray):
-        if X.ndim == 2 and X.shape[1] == 1:
-            values = X[:, 0].tolist()
-        elif X.ndim == 1:
-            values = X.tolist()
-        elif X.ndim == 0:
-            raise ValueError(f"{parameter} is a 0-d array; pass a 1-D array of texts.")
-        else:
-            raise ValueError(
-                f"{parameter} has shape {X.shape}; expected a 1-D array of texts or a single "
-                f"column (n, 1)."
-            )
+        if module == "pandas":
+            index = X.index
+    elif hasattr(X, "to_pylist"):  # pyarrow Array / ChunkedArray: keeps nulls as None
+        values = X.to_pylist()
+    elif isinstance(X, np.ndarray) or hasattr(X, "__array__"):
+        values = _array_values(np.asarray(X), parameter)
+    elif isinstance(X, (Set, Mapping)):
+        raise TypeError(
+            f"{parameter} is a {type(X).__name__}, which has no row order; pass a list of texts."
+        )
     elif isinstance(X, Iterable):
         values = list(X)
     else:
@@ -91,8 +106,64 @@ def read_text_column(X: Any, *, parameter: str = "X") -> TextColumn:
             texts.append(None)
             missing_rows.append(row)
         else:
-            raise TypeError(_not_text_message(parameter, row, value))
-    return TextColumn(texts=texts, feature_names=feature_names, missing_rows=missing_rows)
+            raise TypeError(_not_text_message(parameter, row, value, index))
+    return TextColumn(
+        texts=texts, feature_names=feature_names, missing_rows=missing_rows, index=index
+    )
+
+
+def _array_values(X: np.ndarray, parameter: str) -> list:
+    if X.ndim == 1:
+        return X.tolist()
+    if X.ndim == 2 and X.shape[1] == 1:
+        return X[:, 0].tolist()
+    if X.ndim == 2:
+        raise ValueError(_column_count_message(parameter, X.shape[1], X.shape))
+    if X.ndim == 0:
+        raise ValueError(
+            f"{parameter} is a 0-d array holding {X.item()!r}; pass a 1-D array of texts."
+        )
+    raise ValueError(
+        f"{parameter} has shape {X.shape}; expected a 1-D array of texts or a single column (n, 1)."
+    )
+
+
+def describe_rows(rows: list[int], index: Any = None) -> str:
+    """``"row position(s) [1, 4]"``, plus the pandas labels when they differ from positions."""
+    shown = rows[:_ROWS_SHOWN]
+    more = "" if len(rows) <= _ROWS_SHOWN else f" and {len(rows) - _ROWS_SHOWN} more"
+    text = f"row position(s) {shown}{more}"
+    if index is not None and not _is_default_index(index):
+        text += f" (index label(s) {[index[row] for row in shown]})"
+    return text
+
+
+def _describe_row(row: int, index: Any = None) -> str:
+    text = f"row {row}"
+    if index is not None and not _is_default_index(index):
+        text += f" (index label {index[row]!r})"
+    return text
+
+
+def _is_default_index(index: Any) -> bool:
+    return type(index).__name__ == "RangeIndex" and index.start == 0 and index.step == 1
+
+
+def _column_count_message(
+    parameter: str, n_columns: int, shape: tuple, columns: list | None = None
+) -> str:
+    if n_columns == 0:
+        # sklearn's wording (check_array), which its estimator checks look for.
+        return (
+            f"Found array with 0 feature(s) (shape={tuple(shape)}) while a minimum of 1 is "
+            f"required: {parameter} must hold one column of texts."
+        )
+    named = f" {columns[:10]}" if columns is not None else ""
+    return (
+        f"{parameter} has {n_columns} columns{named} (shape={tuple(shape)}); "
+        f"InstructorVectorizer embeds one text column. Select it (e.g. df['col']), or use a "
+        f"ColumnTransformer with one InstructorVectorizer per text column."
+    )
 
 
 def _is_pair_row(value: Any) -> bool:
@@ -125,12 +196,18 @@ def _is_missing(value: Any) -> bool:
     return type(value).__name__ in ("NAType", "NaTType")
 
 
-def _not_text_message(parameter: str, row: int, value: Any) -> str:
+def _not_text_message(parameter: str, row: int, value: Any, index: Any = None) -> str:
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    hint = " (decode bytes first, e.g. value.decode('utf-8'))" if isinstance(value, bytes) else ""
-    return (
-        f"{parameter} row {row} is {type(value).__name__} {shown}, not text{hint}. Convert the "
-        f"column to str first if that is intended (e.g. X.astype(str))."
-    )
+    if isinstance(value, bytes):
+        hint = "Decode bytes first, e.g. value.decode('utf-8')."
+    elif isinstance(value, (list, tuple)):
+        hint = (
+            "Rows [instruction, text] or [instruction, text, 0] are accepted only when every "
+            "row has that form."
+        )
+    else:
+        hint = "Convert the column to str first if that is intended (e.g. X.astype(str))."
+    where = _describe_row(row, index)
+    return f"{parameter} {where} is {type(value).__name__} {shown}, not text. {hint}"

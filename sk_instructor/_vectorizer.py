@@ -20,9 +20,9 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._input import TextColumn, read_text_column
+from ._input import TextColumn, describe_rows, read_text_column
 from ._instruction import DEFAULT_TEMPLATE, format_instruction
 
 __all__ = ["InstructorVectorizer"]
@@ -189,21 +189,28 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         Returns
         -------
         self : InstructorVectorizer
+            The fitted vectorizer.
         """
-        column = read_text_column(X)
-        if not column.texts:
-            raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
-        self.instruction_ = self._resolve_instruction()
-        from ._device import resolve_device
-
-        self.device_ = resolve_device(self.device)
-        self.embedding_dim_ = self._engine().embedding_dim
-        self.n_features_in_ = 1
-        if column.feature_names is not None:
-            self.feature_names_in_ = column.feature_names
-        elif hasattr(self, "feature_names_in_"):
-            del self.feature_names_in_
+        self._fit(X)
         return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
+        """Fit, then embed ``X``, reading the input once.
+
+        Parameters
+        ----------
+        X : list of str, 1-D array, Series, or one-column DataFrame
+            Texts to embed.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        ndarray of shape (n_texts, embedding_dim_), float32
+            One row per text.
+        """
+        return self._embed(self._fit(X))
 
     def transform(self, X: Any) -> np.ndarray:
         """Embed each text of ``X``.
@@ -217,14 +224,26 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         Returns
         -------
         ndarray of shape (n_texts, embedding_dim_), float32
+            One row per text; zero rows for missing texts when ``missing="zero"``.
         """
         check_is_fitted(self, "embedding_dim_")
         column = read_text_column(X)
-        self._check_feature_names(column)
+        validate_data(self, X, reset=False, skip_check_array=True, ensure_2d=False)
         return self._embed(column)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        """Output names ``instructorvectorizer0`` ... one per embedding dimension."""
+        """Output names ``instructorvectorizer0`` ... one per embedding dimension.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Only checked against the column name seen in ``fit``.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+            ``embedding_dim_`` names.
+        """
         check_is_fitted(self, "embedding_dim_")
         return super().get_feature_names_out(input_features)
 
@@ -234,9 +253,15 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        # The honest input description: texts, as a 1-D container or a single column (n, 1).
+        # sklearn's estimator checks run only when two_d_array is True (and they feed random
+        # numbers whatever `string` says); see tests/test_estimator_checks.py for what that
+        # means for a text vectorizer.
         tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
         tags.input_tags.one_d_array = True
+        tags.input_tags.two_d_array = True
+        tags.input_tags.allow_nan = self.missing in ("empty", "zero")
+        # Text in, float32 out: float32 is the type of every output.
         tags.transformer_tags.preserves_dtype = ["float32"]
         tags.requires_fit = True
         tags.non_deterministic = False
@@ -263,6 +288,25 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 self.device_ = fallback
 
     # -- internals -----------------------------------------------------------------------------
+    def _fit(self, X: Any) -> TextColumn:
+        column = read_text_column(X)
+        if not column.texts:
+            raise ValueError(
+                "Found array with 0 sample(s) (shape=(0,)) while a minimum of 1 is required: "
+                "fit needs at least one text."
+            )
+        # Checks and records the column name the way every sklearn estimator does (warnings on
+        # a name mismatch, feature_names_in_ set or removed), without converting the texts.
+        validate_data(self, X, reset=True, skip_check_array=True, ensure_2d=False)
+        self.n_features_in_ = 1
+        # A bad template fails here, at fit, like every other invalid parameter.
+        self.instruction_ = self._resolve_instruction()
+        from ._device import resolve_device
+
+        self.device_ = resolve_device(self.device)
+        self.embedding_dim_ = self._engine().embedding_dim
+        return column
+
     def _resolve_instruction(self) -> str:
         if self.instruction is not None:
             return self.instruction
@@ -281,29 +325,15 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             local_files_only=self.local_files_only,
         )
 
-    def _check_feature_names(self, column: TextColumn) -> None:
-        fitted = getattr(self, "feature_names_in_", None)
-        if fitted is not None and column.feature_names is not None:
-            if list(column.feature_names) != list(fitted):
-                raise ValueError(
-                    f"X has column {list(column.feature_names)} but this vectorizer was fitted "
-                    f"on column {list(fitted)}."
-                )
-
     def _embed(self, column: TextColumn) -> np.ndarray:
         from ._cache import resolve_cache
 
         texts = column.texts
         if column.missing_rows and self.missing == "error":
-            shown = column.missing_rows[:10]
-            more = (
-                ""
-                if len(column.missing_rows) <= 10
-                else f" and {len(column.missing_rows) - 10} more"
-            )
             raise ValueError(
-                f"X has missing values (None/NaN) at row(s) {shown}{more}. Drop or fill them, or "
-                f"set missing='empty' (embed an empty text) or missing='zero' (zero vectors)."
+                f"X has missing values (None, NaN or pd.NA) at "
+                f"{describe_rows(column.missing_rows, column.index)}. Drop or fill them, or set "
+                f"missing='empty' (embed an empty text) or missing='zero' (zero vectors)."
             )
         keep = np.ones(len(texts), dtype=bool)
         if column.missing_rows and self.missing == "zero":
@@ -312,6 +342,8 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         rows = np.flatnonzero(keep)
         engine = self._engine()
         output = np.zeros((len(texts), engine.embedding_dim), dtype=np.float32)
+        if len(rows) == 0:
+            return output
         with self._progress(len(rows)) as progress:
             output[rows] = engine.encode(
                 [instructions[i] for i in rows],
@@ -329,5 +361,12 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
 
         show = self.show_progress_bar
         if show is None:
-            show = n_rows >= _PROGRESS_MIN_ROWS and sys.stderr is not None and sys.stderr.isatty()
+            show = n_rows >= _PROGRESS_MIN_ROWS and _is_terminal(sys.stderr)
         return tqdm(total=n_rows, unit="text", desc="Embedding", disable=not show, leave=False)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
