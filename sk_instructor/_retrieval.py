@@ -1,0 +1,376 @@
+"""InstructorRetriever: asymmetric INSTRUCTOR retrieval with exact, chunked cosine search.
+
+Queries and documents are embedded under different instructions (retrieval is asymmetric in
+INSTRUCTOR: "Represent the Wikipedia question for retrieving supporting documents: " on one
+side, "Represent the Wikipedia document for retrieval: " on the other). Embedding goes through
+:class:`~sk_instructor.InstructorVectorizer`, so input handling, missing values and the
+embedding cache are the vectorizer's; the search is
+:func:`~sk_instructor._search.cosine_kneighbors`.
+"""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator, _fit_context
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._instruction import InstructionTemplate
+from ._search import cosine_kneighbors
+from ._vectorizer import InstructorVectorizer
+from .metrics import mrr_at_k
+
+__all__ = ["InstructorRetriever"]
+
+# The model card's retrieval pair for hkunlp/instructor-*.
+_MODEL_CARD_PAIR = InstructionTemplate.retrieval(domain="Wikipedia")
+
+
+class InstructorRetriever(BaseEstimator):
+    """Retrieve the documents nearest to each query, each side under its own instruction.
+
+    ``fit`` embeds the corpus under ``document_instruction``; :meth:`kneighbors` embeds the
+    queries under ``query_instruction`` and returns the ``n_neighbors`` documents of highest
+    cosine similarity, exactly as ``sklearn.neighbors.NearestNeighbors(metric="cosine")`` fitted
+    on the document embeddings would: cosine distances in increasing order and the position of
+    each document in the corpus. The search is exact and runs block by block (``query_chunk`` x
+    ``corpus_chunk`` distances at a time, each block reduced to its best ``n_neighbors`` by a
+    partial sort), so a corpus of a million documents never builds an
+    ``n_queries x n_documents`` matrix.
+
+    **Tuning the instructions with GridSearchCV.** Cross-validation splits the *labelled
+    queries*: ``GridSearchCV(...).fit(queries, relevant)`` calls ``fit(queries_train,
+    relevant_train)`` on each clone and then scores ``kneighbors(queries_test)`` against
+    ``relevant_test``. The corpus is not split (every fold searches the whole corpus), so it
+    cannot be ``X``: pass it as the ``documents`` parameter. When ``documents`` is set, ``fit``
+    embeds it and ignores ``X`` and ``y`` (a frozen embedding model learns nothing from training
+    queries). With the default ``cache="memory"``, clones share the process-wide embedding
+    cache, so the corpus is encoded once per document instruction, not once per fold and grid
+    point, and each query once per query instruction. Candidates run in other processes
+    (``n_jobs > 1``) have their own memory; give ``cache`` a folder path to share an on-disk
+    cache between them.
+
+    Parameters
+    ----------
+    model : str or path-like, default="hkunlp/instructor-large"
+        A Hugging Face hub id or a local folder in the sentence-transformers layout.
+    query_instruction : str or None, \
+default="Represent the Wikipedia question for retrieving supporting documents: "
+        Instruction for the queries (the model card's). ``None`` or ``""``: no instruction,
+        for models that were not trained with instructions.
+    document_instruction : str or None, default="Represent the Wikipedia document for retrieval: "
+        Instruction for the documents (the model card's). ``None`` or ``""``: no instruction.
+    n_neighbors : int, default=10
+        Neighbours returned by :meth:`kneighbors` when it is not told, and the cut-off of
+        :meth:`score`.
+    documents : array-like of str or None, default=None
+        The corpus, for cross-validation over labelled queries (see above). When None, ``fit``
+        takes the corpus as ``X``. A list, 1-D array, Series or one-column DataFrame.
+    query_chunk : int, default=512
+        Queries per block of the search.
+    corpus_chunk : int, default=8192
+        Documents per block of the search. A float32 block of the defaults takes 16 MiB.
+    batch_size : int or None, default=None
+        Upper bound on texts per encoding batch (otherwise sized by a token budget).
+    device : str, default="auto"
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Compute precision; embeddings are float32 whatever it is.
+    max_seq_length : int or None, default=None
+        Token limit per text, instruction included; ``None`` uses the checkpoint's.
+    missing : {"error", "empty", "zero"}, default="error"
+        Missing documents or queries (None, NaN, pd.NA): raise naming the rows, embed the
+        empty string, or use a zero vector (at cosine distance 1 from everything).
+    show_progress_bar : bool or None, default=None
+        ``None`` shows a progress bar for large inputs when stderr is a terminal.
+    cache : "memory", str, path-like, cache object or None, default="memory"
+        Embedding cache, as in :class:`~sk_instructor.InstructorVectorizer`: ``"memory"`` is
+        the process-wide cache that clones share, a folder path an on-disk cache, ``None`` none.
+    revision : str or None, default=None
+        Hub revision (branch, tag or commit) to pin.
+    local_files_only : bool, default=False
+        Only use models already in the local Hugging Face cache.
+
+    Attributes
+    ----------
+    document_embeddings_ : ndarray of shape (n_documents_, embedding_dim_), float32
+        Unit-length embeddings of the corpus (zero rows for missing documents when
+        ``missing="zero"``). Pickled with the retriever; the model weights are not.
+    n_documents_ : int
+        Number of documents in the corpus.
+    n_samples_fit_ : int
+        The same number, under the name ``NearestNeighbors`` uses.
+    embedding_dim_ : int
+        Length of each embedding.
+    query_instruction_ : str
+        The instruction applied to queries (``""`` for none).
+    document_instruction_ : str
+        The instruction applied to documents (``""`` for none).
+
+    See Also
+    --------
+    sklearn.neighbors.NearestNeighbors : The same search on vectors you already have.
+    sk_instructor.metrics.make_retrieval_scorer : Scorers at another metric or cut-off.
+    sk_instructor.InstructionTemplate.retrieval : Query and document instructions per domain.
+
+    Examples
+    --------
+    Fit on a corpus, then query it (a tiny random model here, so the ranking means nothing):
+
+    >>> import tempfile
+    >>> from sk_instructor._retrieval import InstructorRetriever
+    >>> from sk_instructor._testing import build_t5_checkpoint
+    >>> model_folder = build_t5_checkpoint(tempfile.mkdtemp())
+    >>> documents = [
+    ...     "The Federal Reserve raised its benchmark interest rate.",
+    ...     "Scientists discovered a new species of frog in the rain forest.",
+    ...     "The stock market fell after the announcement of new tariffs.",
+    ... ]
+    >>> retriever = InstructorRetriever(model=model_folder, n_neighbors=2).fit(documents)
+    >>> distances, indices = retriever.kneighbors(["Why did stocks fall?", "New frog species"])
+    >>> distances.shape, indices.shape, distances.dtype
+    ((2, 2), (2, 2), dtype('float32'))
+
+    Tune the instructions on labelled queries with the standard ``cv=`` API: the corpus is a
+    parameter, ``X`` the queries and ``y`` the position of each query's relevant document.
+
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from sk_instructor.metrics import make_retrieval_scorer
+    >>> queries = ["interest rates", "frog species", "stock market", "new tariffs"]
+    >>> relevant = [0, 1, 2, 2]
+    >>> search = GridSearchCV(
+    ...     InstructorRetriever(model=model_folder, documents=documents),
+    ...     param_grid={
+    ...         "query_instruction": ["Represent the News question for retrieving articles: ",
+    ...                               None],
+    ...         "document_instruction": ["Represent the News article for retrieval: ", None],
+    ...     },
+    ...     scoring=make_retrieval_scorer("mrr", k=3),
+    ...     cv=2,
+    ... ).fit(queries, relevant)
+    >>> sorted(search.best_params_)
+    ['document_instruction', 'query_instruction']
+    >>> search.best_estimator_.n_documents_
+    3
+    """
+
+    _parameter_constraints: ClassVar[dict] = {
+        "model": [str, os.PathLike],
+        "query_instruction": [str, None],
+        "document_instruction": [str, None],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "documents": ["array-like", None],
+        "query_chunk": [Interval(Integral, 1, None, closed="left")],
+        "corpus_chunk": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "device": [str],
+        "dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+        "max_seq_length": [Interval(Integral, 2, None, closed="left"), None],
+        "missing": [StrOptions({"error", "empty", "zero"})],
+        "show_progress_bar": ["boolean", None],
+        "cache": [str, os.PathLike, HasMethods(["get_many", "put_many"]), None],
+        "revision": [str, None],
+        "local_files_only": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = "hkunlp/instructor-large",
+        *,
+        query_instruction: str | None = _MODEL_CARD_PAIR.query,
+        document_instruction: str | None = _MODEL_CARD_PAIR.document,
+        n_neighbors: int = 10,
+        documents: Any = None,
+        query_chunk: int = 512,
+        corpus_chunk: int = 8192,
+        batch_size: int | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_seq_length: int | None = None,
+        missing: str = "error",
+        show_progress_bar: bool | None = None,
+        cache: Any = "memory",
+        revision: str | None = None,
+        local_files_only: bool = False,
+    ) -> None:
+        self.model = model
+        self.query_instruction = query_instruction
+        self.document_instruction = document_instruction
+        self.n_neighbors = n_neighbors
+        self.documents = documents
+        self.query_chunk = query_chunk
+        self.corpus_chunk = corpus_chunk
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.max_seq_length = max_seq_length
+        self.missing = missing
+        self.show_progress_bar = show_progress_bar
+        self.cache = cache
+        self.revision = revision
+        self.local_files_only = local_files_only
+
+    # -- scikit-learn API --------------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any = None, y: Any = None) -> InstructorRetriever:
+        """Embed the corpus under the document instruction.
+
+        Parameters
+        ----------
+        X : list of str, 1-D array, Series, one-column DataFrame, or None
+            The corpus when the ``documents`` parameter is None. When ``documents`` is set,
+            ignored: in cross-validation it is the training fold of the labelled queries.
+        y : None or array-like
+            Ignored (the relevant documents of the training queries in cross-validation).
+
+        Returns
+        -------
+        self : InstructorRetriever
+            The fitted retriever.
+        """
+        if self.documents is not None:
+            corpus = self.documents
+        elif X is None:
+            raise ValueError(
+                "InstructorRetriever needs a corpus: call fit(documents), or set the documents "
+                "parameter (the form cross-validation over labelled queries needs)."
+            )
+        else:
+            corpus = X
+        self.query_instruction_ = self.query_instruction or ""
+        self.document_instruction_ = self.document_instruction or ""
+        self.document_embeddings_ = self._vectorizer(self.document_instruction_).fit_transform(
+            corpus
+        )
+        self.n_documents_ = self.n_samples_fit_ = self.document_embeddings_.shape[0]
+        self.embedding_dim_ = self.document_embeddings_.shape[1]
+        return self
+
+    def embed_queries(self, X: Any) -> np.ndarray:
+        """Embed queries under the query instruction.
+
+        Parameters
+        ----------
+        X : list of str, 1-D array, Series, or one-column DataFrame
+            The queries.
+
+        Returns
+        -------
+        ndarray of shape (n_queries, embedding_dim_), float32
+            Unit-length rows (zero rows for missing queries when ``missing="zero"``).
+        """
+        check_is_fitted(self, "document_embeddings_")
+        # A fresh vectorizer per call: queries need not share the corpus's column name, and
+        # the loaded model and the cache are shared through the registry anyway.
+        return self._vectorizer(self.query_instruction_).fit_transform(X)
+
+    def kneighbors(
+        self, X: Any, n_neighbors: int | None = None, return_distance: bool = True
+    ) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+        """Find the nearest documents of each query by cosine similarity.
+
+        Parameters
+        ----------
+        X : list of str, 1-D array, Series, or one-column DataFrame
+            The queries.
+        n_neighbors : int or None, default=None
+            Documents per query, ``1 <= n_neighbors <= n_documents_``; ``None`` uses the
+            ``n_neighbors`` parameter.
+        return_distance : bool, default=True
+            Whether to return the distances along with the indices.
+
+        Returns
+        -------
+        distances : ndarray of shape (n_queries, n_neighbors), float32
+            Cosine distances (``1 - cosine similarity``), increasing along each row. Only
+            returned if ``return_distance``.
+        indices : ndarray of shape (n_queries, n_neighbors), dtype intp
+            Positions of the documents in the corpus. Exactly equal distances go to the lower
+            position.
+
+        Raises
+        ------
+        ValueError
+            If ``n_neighbors`` is out of range (before any query is embedded).
+        """
+        check_is_fitted(self, "document_embeddings_")
+        if n_neighbors is None:
+            n_neighbors = self.n_neighbors
+        if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, Integral):
+            raise TypeError(
+                f"n_neighbors does not take {type(n_neighbors)} value, enter integer value"
+            )
+        if not 1 <= n_neighbors <= self.n_samples_fit_:
+            # sklearn's NearestNeighbors wording, checked before paying for the queries.
+            raise ValueError(
+                f"Expected 1 <= n_neighbors <= n_samples_fit, but n_neighbors = {n_neighbors}, "
+                f"n_samples_fit = {self.n_samples_fit_}"
+            )
+        return cosine_kneighbors(
+            self.embed_queries(X),
+            self.document_embeddings_,
+            int(n_neighbors),
+            query_chunk=self.query_chunk,
+            corpus_chunk=self.corpus_chunk,
+            # Rows are unit vectors from the engine (or zero rows); normalizing each corpus
+            # block again would cost as much as the search itself for a handful of queries.
+            corpus_is_normalized=True,
+            return_distance=return_distance,
+        )
+
+    def score(self, X: Any, y: Any) -> float:
+        """Mean reciprocal rank of each query's relevant document within ``n_neighbors``.
+
+        The default score of ``GridSearchCV`` / ``cross_val_score`` when no ``scoring`` is
+        given. The cut-off is ``min(n_neighbors, n_documents_)``; use
+        :func:`~sk_instructor.metrics.make_retrieval_scorer` for recall or nDCG.
+
+        Parameters
+        ----------
+        X : list of str, 1-D array, Series, or one-column DataFrame
+            The queries.
+        y : sequence of length n_queries
+            Per query, the position of its relevant document in the corpus, or a collection
+            of positions.
+
+        Returns
+        -------
+        score : float
+            MRR@k in [0, 1]; a query whose relevant documents are all beyond rank k counts 0.
+        """
+        check_is_fitted(self, "document_embeddings_")
+        k = min(self.n_neighbors, self.n_samples_fit_)
+        return mrr_at_k(y, self.kneighbors(X, n_neighbors=k, return_distance=False), k=k)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.one_d_array = True
+        tags.input_tags.two_d_array = False
+        tags.input_tags.allow_nan = self.missing in ("empty", "zero")
+        tags.target_tags.required = False
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        return tags
+
+    # -- internals -----------------------------------------------------------------------------
+    def _vectorizer(self, instruction: str) -> InstructorVectorizer:
+        return InstructorVectorizer(
+            model=self.model,
+            instruction=instruction,
+            batch_size=self.batch_size,
+            device=self.device,
+            dtype=self.dtype,
+            max_seq_length=self.max_seq_length,
+            # Cosine search on unit vectors: the dot product is the cosine.
+            normalize=True,
+            missing=self.missing,
+            show_progress_bar=self.show_progress_bar,
+            cache=self.cache,
+            revision=self.revision,
+            local_files_only=self.local_files_only,
+        )
