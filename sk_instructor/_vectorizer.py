@@ -103,6 +103,17 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     See Also
     --------
     sklearn.feature_extraction.text.TfidfVectorizer : Sparse bag-of-words features.
+    sklearn.compose.ColumnTransformer : One vectorizer (and instruction) per text column.
+
+    Notes
+    -----
+    ``X`` is one column of texts: a list or tuple of str, a 1-D numpy array (or ``(n, 1)``), a
+    pandas or polars Series, or a DataFrame with one column. A bare string is rejected, as
+    sklearn's text vectorizers do; so are numbers and bytes (convert them first). For several
+    text columns use a :class:`~sklearn.compose.ColumnTransformer` with one vectorizer per
+    column. Rows ``[instruction, text]`` or ``[instruction, text, 0]`` (the model card's form)
+    embed each text under its own instruction; the third element is ignored, as in
+    InstructorEmbedding 1.0.1.
 
     Examples
     --------
@@ -116,6 +127,26 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     'Represent the Science title: '
     >>> vectors.shape, vectors.dtype
     ((2, 16), dtype('float32'))
+
+    In a pipeline, each part of the instruction is a hyper-parameter:
+
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> pipeline = make_pipeline(
+    ...     InstructorVectorizer(model=model_folder, objective="classification"),
+    ...     LogisticRegression(),
+    ... )
+    >>> pipeline.fit(["Dark matter halos", "Interest rates rise"], [0, 1]).predict(["Dark energy"])
+    array([...])
+    >>> pipeline.set_params(instructorvectorizer__domain="Science")[0].get_params()["domain"]
+    'Science'
+
+    Pandas output keeps the index of the input:
+
+    >>> import pandas as pd
+    >>> titles = pd.Series(["Dark matter", "Interest rates"], index=["a", "b"])
+    >>> vectorizer.set_output(transform="pandas").fit_transform(titles).iloc[:, :2].shape
+    (2, 2)
     """
 
     _parameter_constraints: ClassVar[dict] = {

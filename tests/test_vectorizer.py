@@ -138,6 +138,66 @@ def test_parameter_changes_after_fit_need_a_refit(tiny_t5_path, reference):
     )
 
 
+def test_max_seq_length_defaults_to_the_checkpoint_and_can_be_lowered(tiny_t5_path):
+    long_text = " ".join(TEXTS * 6)  # far past the tiny checkpoint's 64 tokens
+    with pytest.warns(UserWarning, match="max_seq_length=64"):
+        default = InstructorVectorizer(tiny_t5_path).fit_transform([long_text])
+    expected = ReferenceInstructor(tiny_t5_path).embed("Represent the sentence: ", long_text)
+    assert_allclose(default[0], expected, atol=1e-5)
+    with pytest.warns(UserWarning, match="max_seq_length=12"):
+        short = InstructorVectorizer(tiny_t5_path, max_seq_length=12).fit_transform([long_text])
+    expected = ReferenceInstructor(tiny_t5_path, max_len=12).embed(
+        "Represent the sentence: ", long_text
+    )
+    assert_allclose(short[0], expected, atol=1e-5)
+
+
+def test_engine_parameters_reach_the_registry_and_the_encoder(tiny_t5_path, monkeypatch):
+    from sk_instructor import _registry
+
+    registry_calls = []
+    encode_calls = []
+    real_get_model = _registry.get_model
+
+    def spy_get_model(model, **kwargs):
+        registry_calls.append((model, kwargs))
+        engine = real_get_model(model, device=kwargs["device"])
+        original_encode = engine.encode
+
+        def spy_encode(instructions, texts, **encode_kwargs):
+            encode_calls.append(encode_kwargs)
+            return original_encode(instructions, texts, **encode_kwargs)
+
+        monkeypatch.setattr(engine, "encode", spy_encode)
+        return engine
+
+    monkeypatch.setattr(_registry, "get_model", spy_get_model)
+    vectorizer = InstructorVectorizer(
+        tiny_t5_path,
+        revision="v1.0",
+        local_files_only=True,
+        dtype="float32",
+        device="cpu",
+        batch_size=2,
+        max_seq_length=64,
+        normalize=False,
+        cache=None,
+    )
+    vectorizer.fit_transform(TEXTS)
+    model, kwargs = registry_calls[-1]
+    assert model == tiny_t5_path
+    assert kwargs == {
+        "revision": "v1.0",
+        "device": "cpu",
+        "dtype": "float32",
+        "local_files_only": True,
+    }
+    assert encode_calls[-1]["batch_size"] == 2
+    assert encode_calls[-1]["max_seq_length"] == 64
+    assert encode_calls[-1]["normalize"] is False
+    assert encode_calls[-1]["cache"] is None
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
