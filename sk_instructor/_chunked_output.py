@@ -1,0 +1,408 @@
+"""Crash-safe, resumable output for the command line.
+
+Vectors are written in chunks of a fixed number of input rows to a work folder next to the
+output, ``OUTPUT.parts/``::
+
+    OUTPUT.parts/
+        manifest.json          what is being computed: input identity and vector settings
+        chunk-000000.parquet   input rows [0, chunk_size): ids and vectors
+        chunk-000001.parquet   input rows [chunk_size, 2 * chunk_size)
+        .lock                  held while a run writes here
+
+Every file is written under a temporary name, flushed to disk and renamed into place
+(``os.replace`` is atomic), so a chunk file either exists whole or not at all, whatever
+kills the process (Ctrl-C, SIGKILL, power loss). A later run with the same input and settings
+skips the chunks present and computes the rest; a run with another input or other settings
+refuses instead of mixing vectors. Once every chunk exists they are assembled into the final
+file (again renamed into place) and the work folder is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:  # POSIX only; elsewhere two runs on the same output are not kept apart.
+    import fcntl
+except ImportError:  # pragma: no cover - exercised on Windows only
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["MANIFEST_VERSION", "ChunkedOutput", "OutputError", "input_identity"]
+
+# Bump when the layout of the work folder changes, so that old folders are refused clearly.
+MANIFEST_VERSION = 1
+_IDENTITY_HEAD_BYTES = 2**20
+_CHUNK_NAME = re.compile(r"chunk-(\d{6,})\.parquet")
+
+
+class OutputError(ValueError):
+    """The output cannot be written as asked; the message is one line meant for a user."""
+
+
+def input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Identify an input file by its size, modification time and the SHA-256 of its first MiB.
+
+    Cheap on files of any size, and any edit that keeps the size and the first MiB also
+    changes the modification time.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from sk_instructor._chunked_output import input_identity
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "texts.csv"
+    >>> _ = path.write_text("text\\nhello\\n")
+    >>> sorted(input_identity(path))
+    ['mtime_ns', 'sha256_first_mib', 'size']
+    """
+    status = os.stat(path)
+    with open(path, "rb") as handle:
+        head = hashlib.sha256(handle.read(_IDENTITY_HEAD_BYTES)).hexdigest()
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "sha256_first_mib": head}
+
+
+class ChunkedOutput:
+    """The work folder of one output file: chunk files, manifest, lock and final assembly.
+
+    Parameters
+    ----------
+    output : path-like
+        The final file, ``.parquet`` or ``.npy``; the work folder is ``OUTPUT.parts``.
+    manifest : dict
+        JSON-serializable description of what is computed (input identity, chunk size,
+        everything that changes a vector). A run resumes only the work of a run with an
+        equal manifest.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np, pyarrow as pa
+    >>> from sk_instructor._chunked_output import ChunkedOutput
+    >>> output = pathlib.Path(tempfile.mkdtemp()) / "vectors.npy"
+    >>> with ChunkedOutput(output, {"chunk_size": 2}) as parts:
+    ...     for index, rows in enumerate([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8]]]):
+    ...         vectors = np.asarray(rows, dtype=np.float32)
+    ...         table = pa.table({"embedding": ChunkedOutput.vector_column(vectors)})
+    ...         parts.write_chunk(index, table)
+    ...     parts.assemble(n_chunks=2, embedding_column="embedding")
+    3
+    >>> np.load(output).shape
+    (3, 2)
+    """
+
+    def __init__(self, output: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+        self.output = Path(output)
+        self.parts = self.output.with_name(self.output.name + ".parts")
+        self.manifest = {"manifest_version": MANIFEST_VERSION, **manifest}
+        self._lock_handle: Any = None
+
+    # -- opening: lock, check or write the manifest ------------------------------------------
+    def open(self, *, restart: bool = False) -> ChunkedOutput:
+        """Take the work folder: create it, or check that the work found there is resumable.
+
+        Parameters
+        ----------
+        restart : bool, default=False
+            Discard the work of an earlier run instead of resuming or refusing it.
+
+        Raises
+        ------
+        OutputError
+            Another run holds the folder, or it holds work of a different input or settings
+            (and ``restart`` is false).
+        """
+        self.parts.mkdir(exist_ok=True)
+        self._lock()
+        manifest_path = self.parts / "manifest.json"
+        if restart:
+            self._clear()
+        elif manifest_path.exists():
+            self._check_manifest(manifest_path)
+        elif self.completed_chunks():
+            raise OutputError(
+                f"{self.parts} holds chunks but no manifest.json, so they cannot be checked; "
+                f"pass --restart to discard them"
+            )
+        for leftover in self.parts.glob(".*.tmp"):
+            # Half-written files of a run that was killed: never renamed, so never trusted.
+            leftover.unlink()
+        self._write_atomically(
+            manifest_path, lambda handle: handle.write(_json_bytes(self.manifest))
+        )
+        return self
+
+    def close(self) -> None:
+        """Release the lock; chunk files stay for a later run to resume from."""
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def __enter__(self) -> ChunkedOutput:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- chunks -------------------------------------------------------------------------------
+    def chunk_path(self, index: int) -> Path:
+        """Where chunk ``index`` (input rows ``[index * chunk_size, ...)``) is kept."""
+        return self.parts / f"chunk-{index:06d}.parquet"
+
+    def completed_chunks(self) -> dict[int, int]:
+        """Chunk index -> rows, for every chunk file present."""
+        import pyarrow.parquet as pq
+
+        found = {}
+        for path in self.parts.glob("chunk-*.parquet"):
+            match = _CHUNK_NAME.fullmatch(path.name)
+            if match:
+                with contextlib.suppress(OSError, ValueError):
+                    found[int(match.group(1))] = pq.read_metadata(path).num_rows
+        return found
+
+    def has_chunk(self, index: int, n_rows: int) -> bool:
+        """Whether chunk ``index`` is already written, with ``n_rows`` rows."""
+        import pyarrow.parquet as pq
+
+        path = self.chunk_path(index)
+        try:
+            return pq.read_metadata(path).num_rows == n_rows
+        except (OSError, ValueError):
+            # Absent, or (after a disk fault, never after a crash) unreadable: compute again.
+            return False
+
+    def write_chunk(self, index: int, table: Any) -> None:
+        """Commit one chunk: written to a temporary file, synced, renamed into place."""
+        import pyarrow.parquet as pq
+
+        # Uncompressed: float vectors hardly compress and the chunks are short-lived.
+        self._write_atomically(
+            self.chunk_path(index),
+            lambda handle: pq.write_table(table, handle, compression="none"),
+        )
+
+    @staticmethod
+    def vector_column(vectors: np.ndarray) -> Any:
+        """A ``fixed_size_list<float32>[dim]`` array of the rows of a 2-D float32 array."""
+        import pyarrow as pa
+
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+        return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+    # -- the end ------------------------------------------------------------------------------
+    def assemble(
+        self,
+        *,
+        n_chunks: int,
+        embedding_column: str,
+        column_per_dimension: bool = False,
+        metadata: dict[str, str] | None = None,
+    ) -> int:
+        """Write chunks ``0 .. n_chunks - 1`` into the final file, replace it, remove the folder.
+
+        Parameters
+        ----------
+        n_chunks : int
+            Number of chunks of the input; each must be present.
+        embedding_column : str
+            Name of the vector column in the chunks (and in a Parquet output).
+        column_per_dimension : bool, default=False
+            Parquet output: one float32 column ``{embedding_column}_{i}`` per dimension
+            instead of one ``fixed_size_list`` column.
+        metadata : dict of str to str or None, default=None
+            Key-value metadata stored in a Parquet output's schema.
+
+        Returns
+        -------
+        int
+            Rows written.
+        """
+        missing = [i for i in range(n_chunks) if not self.chunk_path(i).exists()]
+        if missing:
+            raise OutputError(f"{self.parts} lacks chunk(s) {missing[:10]}; run again to redo them")
+        assembled = self.parts / ".assembled.tmp"
+        if self.output.suffix.lower() == ".npy":
+            n_rows = self._assemble_npy(assembled, n_chunks, embedding_column)
+        else:
+            n_rows = self._assemble_parquet(
+                assembled, n_chunks, embedding_column, column_per_dimension, metadata or {}
+            )
+        os.replace(assembled, self.output)
+        _sync_folder(self.output.parent)
+        self.close()
+        # Renamed first so that the work folder vanishes at once: one half-deleted by a crash
+        # would send the next run back to recompute the chunks already removed.
+        removed = self.parts.with_name(f".{self.parts.name}.{os.getpid()}.removed")
+        os.replace(self.parts, removed)
+        shutil.rmtree(removed, ignore_errors=True)
+        return n_rows
+
+    def _assemble_npy(self, target: Path, n_chunks: int, embedding_column: str) -> int:
+        import pyarrow.parquet as pq
+
+        metadata = [pq.read_metadata(self.chunk_path(i)) for i in range(n_chunks)]
+        n_rows = sum(m.num_rows for m in metadata)
+        first = pq.read_table(self.chunk_path(0), columns=[embedding_column])
+        dim = first.schema.field(embedding_column).type.list_size
+        stored = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(n_rows, dim))
+        start = 0
+        for index in range(n_chunks):
+            vectors = _vectors(pq.read_table(self.chunk_path(index), columns=[embedding_column]))
+            stored[start : start + len(vectors)] = vectors
+            start += len(vectors)
+        stored.flush()
+        del stored
+        with open(target, "rb+") as handle:
+            os.fsync(handle.fileno())
+        return n_rows
+
+    def _assemble_parquet(
+        self,
+        target: Path,
+        n_chunks: int,
+        embedding_column: str,
+        column_per_dimension: bool,
+        metadata: dict[str, str],
+    ) -> int:
+        import pyarrow.parquet as pq
+
+        n_rows = 0
+        writer = None
+        try:
+            with open(target, "wb") as handle:
+                for index in range(n_chunks):
+                    table = pq.read_table(self.chunk_path(index))
+                    if column_per_dimension:
+                        table = _one_column_per_dimension(table, embedding_column)
+                    if writer is None:
+                        schema = table.schema.with_metadata(
+                            {**(table.schema.metadata or {}), **metadata}
+                        )
+                        writer = pq.ParquetWriter(handle, schema)
+                    writer.write_table(table.cast(writer.schema))
+                    n_rows += table.num_rows
+                writer.close()
+                writer = None
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            if writer is not None:
+                writer.close()
+        return n_rows
+
+    # -- internals ----------------------------------------------------------------------------
+    def _lock(self) -> None:
+        handle = open(self.parts / ".lock", "a+b")
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                raise OutputError(
+                    f"another sk-instructor run is writing {self.output} (it holds "
+                    f"{self.parts / '.lock'}); wait for it to finish"
+                ) from None
+        self._lock_handle = handle
+
+    def _check_manifest(self, manifest_path: Path) -> None:
+        try:
+            found = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            found = None
+        if not isinstance(found, dict):
+            raise OutputError(f"{manifest_path} is unreadable; pass --restart to start over")
+        if found == self.manifest:
+            return
+        labels = []
+        for name in _differences(found, self.manifest):
+            group, _, key = name.partition(".")
+            if group == "input":
+                label = "input file"
+            elif group == "columns":
+                label = f"{key} column"
+            else:
+                label = (key or group).replace("_", " ")
+            if label not in labels:
+                labels.append(label)
+        raise OutputError(
+            f"{self.parts} holds an unfinished run with a different {', '.join(labels)}; "
+            f"rerun it with the same input and options to resume, or pass --restart to "
+            f"discard it"
+        )
+
+    def _clear(self) -> None:
+        for path in self.parts.iterdir():
+            if path.name != ".lock":
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+
+    def _write_atomically(self, path: Path, write) -> None:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            # Ctrl-C mid-write included: the final name never held a partial file.
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        _sync_folder(path.parent)
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _differences(found: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ, e.g. ``['input.size', 'settings.model']``."""
+    names = []
+    for key in sorted(set(found) | set(wanted)):
+        old, new = found.get(key), wanted.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            names += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def _vectors(table: Any) -> np.ndarray:
+    """The ``fixed_size_list<float32>`` column of a one-column table as a 2-D array."""
+    column = table.column(0).combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+
+
+def _one_column_per_dimension(table: Any, embedding_column: str) -> Any:
+    import pyarrow as pa
+
+    position = table.schema.get_field_index(embedding_column)
+    vectors = _vectors(table.select([position]))
+    table = table.remove_column(position)
+    for dimension in range(vectors.shape[1]):
+        table = table.append_column(
+            f"{embedding_column}_{dimension}", pa.array(vectors[:, dimension])
+        )
+    return table
+
+
+def _sync_folder(folder: Path) -> None:
+    # A rename is durable only once the folder itself is synced (POSIX); not possible elsewhere.
+    if os.name != "posix":  # pragma: no cover
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,525 @@
+"""The ``sk-instructor`` command line: embed a column of a file, resumably.
+
+``sk-instructor embed INPUT -o OUTPUT`` reads a CSV, Parquet or JSON Lines file in chunks,
+embeds each chunk with one fitted :class:`~sk_instructor.InstructorVectorizer` (the same
+engine as everything else) and commits it to ``OUTPUT.parts/`` (see
+:mod:`sk_instructor._chunked_output`). Interrupted runs continue where they stopped when the
+same command is run again. Problems are reported on one line, with the traceback only under
+``--verbose``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import signal
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+PROGRAM = "sk-instructor"
+DEFAULT_CHUNK_SIZE = 8192
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
+EXIT_TERMINATED = 143  # ... and by SIGTERM
+_OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy"}
+
+_DESCRIPTION = """\
+INSTRUCTOR instruction-following text embeddings for files.
+
+Embed one text column of a CSV, Parquet or JSON Lines file under a task instruction and write
+the vectors to Parquet or .npy, one row per input row, in input order. Work is committed in
+chunks: after a crash or Ctrl-C, run the same command again and it continues where it stopped.
+"""
+
+_EMBED_EPILOG = """\
+examples:
+  sk-instructor embed papers.parquet -o vectors.parquet --column title --id-column paper_id \\
+      --domain Science --text-type title --objective classification
+  sk-instructor embed questions.csv -o questions.npy --column question \\
+      --instruction "Represent the Wikipedia question for retrieving supporting documents: "
+  sk-instructor embed notes.jsonl -o notes.parquet --model ./my-instructor --device cuda \\
+      --cache ~/.cache/sk-instructor --column-per-dimension
+
+output:
+  .parquet  the --id-column (when given) and one fixed_size_list<float32> column named
+            --embedding-column; with --column-per-dimension, float32 columns embedding_0 ...
+  .npy      a float32 array of shape (rows, dimension); row i is input row i
+
+resuming:
+  Chunks are kept in OUTPUT.parts/ until the output is complete. Running the same command again
+  skips the finished chunks; a different input file or different options are refused (pass
+  --restart to discard the unfinished work).
+"""
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived: stop like Ctrl-C does (the finished chunks are already safe)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``sk-instructor``.
+
+    Examples
+    --------
+    >>> from sk_instructor._cli import build_parser
+    >>> args = build_parser().parse_args(["embed", "in.csv", "-o", "out.parquet"])
+    >>> args.column, args.chunk_size
+    ('text', 8192)
+    """
+    from . import __version__
+    from ._instruction import DEFAULT_TEMPLATE
+
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    embed = commands.add_parser(
+        "embed",
+        help="embed a text column of a CSV, Parquet or JSON Lines file",
+        description="Embed a text column of a CSV, Parquet or JSON Lines file, resumably.",
+        epilog=_EMBED_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    embed.add_argument("input", metavar="INPUT", help="a .csv, .tsv, .parquet or .jsonl file")
+    embed.add_argument(
+        "-o", "--output", required=True, metavar="OUTPUT", help="a .parquet or .npy file"
+    )
+
+    columns = embed.add_argument_group("input")
+    columns.add_argument(
+        "--column", default="text", help="the column of texts to embed (default: %(default)s)"
+    )
+    columns.add_argument(
+        "--id-column", metavar="COLUMN", help="a column copied next to each vector (Parquet only)"
+    )
+    columns.add_argument(
+        "--input-format",
+        choices=["csv", "tsv", "parquet", "jsonl"],
+        help="read INPUT as this format instead of guessing from its name",
+    )
+    columns.add_argument(
+        "--missing",
+        choices=["error", "empty", "zero"],
+        default="error",
+        help="rows without text: stop with an error naming them, embed an empty text, or "
+        "write a zero vector (default: %(default)s)",
+    )
+
+    instruction = embed.add_argument_group(
+        "instruction",
+        f'Either give the whole instruction, or the parts of the template "{DEFAULT_TEMPLATE}".',
+    )
+    instruction.add_argument(
+        "--instruction", help='the full instruction, e.g. "Represent the Science title: "'
+    )
+    instruction.add_argument("--domain", help='e.g. "Science", "Financial", "Wikipedia"')
+    instruction.add_argument(
+        "--text-type",
+        default="sentence",
+        help="e.g. title, question, document (default: %(default)s)",
+    )
+    instruction.add_argument("--objective", help="e.g. classification, retrieval, clustering")
+    instruction.add_argument(
+        "--template", default=DEFAULT_TEMPLATE, help='(default: "%(default)s")'
+    )
+
+    model = embed.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        default="hkunlp/instructor-large",
+        help="a Hugging Face hub id or a local sentence-transformers folder (default: %(default)s)",
+    )
+    model.add_argument("--revision", help="hub branch, tag or commit to pin")
+    model.add_argument(
+        "--local-files-only", action="store_true", help="never download; use the local HF cache"
+    )
+    model.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps (default: %(default)s)"
+    )
+    model.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="compute precision; output is always float32 (default: %(default)s)",
+    )
+    model.add_argument(
+        "--batch-size", type=_positive_int, metavar="N", help="at most N texts per forward pass"
+    )
+    model.add_argument(
+        "--max-seq-length", type=_positive_int, metavar="N", help="token limit per text"
+    )
+    model.add_argument(
+        "--no-normalize",
+        dest="normalize",
+        action="store_false",
+        help="keep raw vectors instead of unit-length ones",
+    )
+    model.add_argument(
+        "--cache",
+        default="memory",
+        metavar="{memory,none,FOLDER}",
+        help="reuse vectors of repeated texts: in memory, not at all, or in an on-disk cache "
+        "folder shared by runs (default: %(default)s)",
+    )
+
+    output = embed.add_argument_group("output")
+    output.add_argument(
+        "--embedding-column",
+        default="embedding",
+        metavar="NAME",
+        help="name of the vector column in Parquet output (default: %(default)s)",
+    )
+    output.add_argument(
+        "--column-per-dimension",
+        action="store_true",
+        help="Parquet output: one float32 column per dimension instead of one list column",
+    )
+    output.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=DEFAULT_CHUNK_SIZE,
+        metavar="ROWS",
+        help="rows committed at a time; at most this much work is lost to a crash "
+        "(default: %(default)s)",
+    )
+    output.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT if it already exists"
+    )
+    output.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard unfinished work in OUTPUT.parts/ instead of resuming it",
+    )
+
+    run = embed.add_argument_group("display")
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar with rows/s (default: when stderr is a terminal)",
+    )
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="show tracebacks and library warnings as is"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``sk-instructor`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
+
+    Exit codes: 0 done, 1 error (reported on one line), 2 bad usage, 130 interrupted by
+    Ctrl-C and 143 by SIGTERM (finished chunks are kept; run the command again to resume).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from sk_instructor._cli import main
+    >>> from sk_instructor._testing import build_t5_checkpoint
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> model = build_t5_checkpoint(folder / "model")
+    >>> _ = (folder / "titles.csv").write_text("title\\nDark matter\\nParton energy loss\\n")
+    >>> main(["embed", str(folder / "titles.csv"), "-o", str(folder / "titles.npy"),
+    ...       "--column", "title", "--model", str(model), "--no-progress"])
+    0
+    >>> np.load(folder / "titles.npy").shape
+    (2, 16)
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, --version, or a usage error (code 2)
+        return int(exit_request.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    previous_handler = _raise_on_sigterm()
+    try:
+        with warnings.catch_warnings():
+            if not args.verbose:
+                warnings.simplefilter("always")
+                warnings.showwarning = _OncePerKindWarnings()
+            return _embed(args)
+    except KeyboardInterrupt:
+        # Outside the chunk loop (loading the model, assembling): nothing to report but that.
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        _error("terminated")
+        return EXIT_TERMINATED
+    except Exception as exc:
+        if args.verbose:
+            traceback.print_exc()
+        _error(_describe(exc))
+        return EXIT_ERROR
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from ._chunked_output import ChunkedOutput, OutputError, input_identity
+    from ._table_input import InputError, open_table_input, require_pyarrow
+
+    require_pyarrow()
+    input_path, output = Path(args.input), Path(args.output)
+    output_format = _OUTPUT_FORMATS.get(output.suffix.lower())
+    if output_format is None:
+        raise OutputError(f"cannot write {output}: name the output .parquet or .npy")
+    if output_format == "npy" and args.id_column:
+        raise OutputError(
+            "a .npy output holds only the vectors (row i is input row i); drop --id-column "
+            "or write .parquet"
+        )
+    if args.id_column == args.embedding_column:
+        raise OutputError(
+            f"--id-column and --embedding-column are both {args.id_column!r}; rename one"
+        )
+    if not output.parent.is_dir():
+        raise OutputError(f"cannot write {output}: folder {output.parent} does not exist")
+    if input_path.exists() and output.exists() and input_path.samefile(output):
+        raise OutputError("OUTPUT is the INPUT file; choose another output name")
+    parts = output.with_name(output.name + ".parts")
+    if output.exists() and not parts.exists() and not args.overwrite:
+        raise OutputError(f"{output} already exists; pass --overwrite to replace it")
+
+    table_input = open_table_input(
+        input_path, column=args.column, id_column=args.id_column, input_format=args.input_format
+    )
+    if args.missing == "error" and table_input.format in ("parquet", "jsonl"):
+        # Checked before any work, so that a missing text half-way through does not stop a
+        # long run (CSV fields are never missing: an empty field is the empty string).
+        n_missing, rows = table_input.find_missing()
+        if n_missing:
+            shown = ", ".join(map(str, rows)) + (" ..." if n_missing > len(rows) else "")
+            raise InputError(
+                f"{n_missing} row(s) of {input_path} have no text in column {args.column!r} "
+                f"(rows {shown}, counting from 0); pass --missing empty or --missing zero to "
+                f"embed them anyway"
+            )
+        if table_input.n_rows == 0:
+            raise InputError(f"{input_path} has no rows")
+
+    vectorizer = _build_vectorizer(args)
+    engine = vectorizer._engine()
+    manifest = {
+        "input": input_identity(input_path),
+        "chunk_size": args.chunk_size,
+        "columns": {"text": args.column, "id": args.id_column, "embedding": args.embedding_column},
+        # Everything that changes a vector; batch size, device and cache do not.
+        "settings": {
+            "model": engine.identity,
+            "instruction": vectorizer.instruction_,
+            "max_seq_length": args.max_seq_length or engine.max_seq_length,
+            "normalize": args.normalize,
+            "dtype": str(engine.dtype).replace("torch.", ""),
+            "missing": args.missing,
+            "embedding_dim": vectorizer.embedding_dim_,
+        },
+    }
+
+    chunks = table_input.chunks(args.chunk_size)
+    first_chunk = next(chunks, None)
+    if first_chunk is None:
+        raise InputError(f"{input_path} has no rows")
+
+    parts = ChunkedOutput(output, manifest).open(restart=args.restart)
+    try:
+        return _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks)
+    finally:
+        parts.close()
+
+
+def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> int:
+    import itertools
+
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    done_before = parts.completed_chunks()
+    show = args.progress
+    if show is None:
+        show = sys.stderr is not None and sys.stderr.isatty()
+    bar = tqdm(
+        total=table_input.n_rows,
+        initial=sum(done_before.values()),
+        unit="rows",
+        desc="Embedding",
+        dynamic_ncols=True,
+        disable=not show,
+        file=sys.stderr,
+    )
+    # The vectorizer would open a bar per chunk; the engine advances this one instead, so the
+    # rate is live within a chunk too.
+    vectorizer._progress = lambda n_rows: contextlib.nullcontext(bar)
+    started = time.perf_counter()
+    n_chunks = n_embedded = 0
+    try:
+        with bar:
+            for index, chunk in enumerate(itertools.chain([first_chunk], chunks)):
+                n_chunks = index + 1
+                if parts.has_chunk(index, chunk.num_rows):
+                    continue
+                position = bar.n
+                vectors = vectorizer.transform(chunk.column(args.column).to_pylist())
+                # Rows written as zero vectors (--missing zero) never pass through the engine.
+                bar.update(position + chunk.num_rows - bar.n)
+                # A new table: the input's schema metadata (pandas' index description, say)
+                # describes the input's columns, not the output's.
+                columns = {args.id_column: chunk.column(args.id_column)} if args.id_column else {}
+                columns[args.embedding_column] = parts.vector_column(vectors)
+                table = pa.table(columns)
+                parts.write_chunk(index, table)
+                n_embedded += chunk.num_rows
+    except (KeyboardInterrupt, _Terminated) as stop:
+        done = parts.completed_chunks()
+        _error(
+            f"{'interrupted' if isinstance(stop, KeyboardInterrupt) else 'terminated'}: "
+            f"{len(done)} chunk(s), {sum(done.values())} rows, are saved in {parts.parts}; "
+            f"run the same command again to continue"
+        )
+        return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
+
+    n_rows = parts.assemble(
+        n_chunks=n_chunks,
+        embedding_column=args.embedding_column,
+        column_per_dimension=args.column_per_dimension,
+        metadata=_provenance(args, vectorizer),
+    )
+    elapsed = time.perf_counter() - started
+    rate = f", {n_embedded / elapsed:,.0f} rows/s" if n_embedded and elapsed > 0 else ""
+    resumed = f" ({n_rows - n_embedded} resumed from an earlier run)" if n_embedded < n_rows else ""
+    print(
+        f"{PROGRAM}: wrote {n_rows} vectors of dimension {vectorizer.embedding_dim_} to "
+        f"{args.output}{resumed} in {elapsed:.1f} s{rate}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _build_vectorizer(args: argparse.Namespace):
+    from ._vectorizer import InstructorVectorizer
+
+    cache: str | Path | None = args.cache
+    if args.cache.lower() == "none":
+        cache = None
+    elif args.cache != "memory":
+        cache = Path(args.cache).expanduser()
+    vectorizer = InstructorVectorizer(
+        model=args.model,
+        instruction=args.instruction,
+        domain=args.domain,
+        text_type=args.text_type,
+        objective=args.objective,
+        template=args.template,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        max_seq_length=args.max_seq_length,
+        normalize=args.normalize,
+        missing=args.missing,
+        show_progress_bar=False,
+        cache=cache,
+        revision=args.revision,
+        local_files_only=args.local_files_only,
+    )
+    # fit learns nothing from texts: it resolves the instruction and loads the model.
+    return vectorizer.fit([""])
+
+
+def _provenance(args: argparse.Namespace, vectorizer) -> dict[str, str]:
+    import json
+
+    from . import __version__
+
+    return {
+        "sk_instructor": json.dumps(
+            {
+                "version": __version__,
+                "model": str(args.model),
+                "model_fingerprint": vectorizer._engine().identity,
+                "revision": args.revision,
+                "instruction": vectorizer.instruction_,
+                "normalize": args.normalize,
+                "embedding_dim": vectorizer.embedding_dim_,
+                "text_column": args.column,
+            }
+        )
+    }
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _describe(error: BaseException) -> str:
+    from ._chunked_output import OutputError
+    from ._table_input import InputError, one_line
+
+    if isinstance(error, (InputError, OutputError)):
+        return one_line(error, limit=1000)
+    if isinstance(error, (ValueError, OSError, TypeError, MemoryError)):
+        # Messages of the library (bad parameter, model not found, out of memory) are
+        # written for users already; the type only adds noise.
+        return f"{one_line(error)} (--verbose shows the traceback)"
+    return f"{type(error).__name__}: {one_line(error)} (--verbose shows the traceback)"
+
+
+def _error(message: str) -> None:
+    print(f"{PROGRAM}: error: {message}", file=sys.stderr)
+
+
+class _OncePerKindWarnings:
+    """Show library warnings as one ``sk-instructor: warning:`` line, each kind once.
+
+    The engine warns per call, so per chunk: a file of long texts would repeat "N of M texts
+    were truncated" for every chunk. Messages that differ only in their numbers are one kind.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[type, str]] = set()
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
+        from tqdm.auto import tqdm
+
+        text = " ".join(str(message).split())
+        kind = (category, re.sub(r"\d[\d,.]*", "#", text))
+        if kind in self.seen:
+            return
+        self.seen.add(kind)
+        tqdm.write(
+            f"{PROGRAM}: warning: {text} (further warnings like this are not shown)",
+            file=sys.stderr,
+        )
+
+
+def _raise_on_sigterm() -> Any:
+    """Make SIGTERM stop the run the way Ctrl-C does; returns the handler to restore."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (e.g. main() called from a worker thread)
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

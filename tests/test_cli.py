@@ -1,0 +1,558 @@
+"""The ``sk-instructor embed`` command line: formats, errors, and resuming after interruption.
+
+Expected vectors always come from an in-process ``InstructorVectorizer.transform`` on the same
+rows; the interruption tests run the command in a subprocess and kill it part way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from sk_instructor import InstructorVectorizer  # noqa: E402
+from sk_instructor._chunked_output import ChunkedOutput  # noqa: E402
+from sk_instructor._cli import main  # noqa: E402
+
+INSTRUCTION = "Represent the Science title: "
+_WORDS = (
+    "dark matter energy loss parton chiral phase transition quick brown fox river bank "
+    "market stock tariffs patients diabetes frog species forest station airport"
+).split()
+
+
+def make_rows(n: int, seed: int = 0) -> tuple[list[int], list[str]]:
+    """Short texts (well under the tiny model's 64 tokens), with repeats and one empty text."""
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(_WORDS, size=rng.integers(1, 7))) for _ in range(n)]
+    texts[n // 3] = texts[0]
+    texts[n // 2] = ""
+    ids = [1000 + 7 * i for i in range(n)]
+    return ids, texts
+
+
+def write_input(path: Path, ids, texts, *, text_column: str = "text") -> Path:
+    table = pa.table({"id": ids, text_column: texts})
+    if path.suffix == ".parquet":
+        pq.write_table(table, path)
+    elif path.suffix in (".csv", ".tsv"):
+        import pyarrow.csv as pcsv
+
+        delimiter = "\t" if path.suffix == ".tsv" else ","
+        pcsv.write_csv(table, path, write_options=pcsv.WriteOptions(delimiter=delimiter))
+    else:
+        with open(path, "w") as handle:
+            for row_id, text in zip(ids, texts, strict=True):
+                handle.write(json.dumps({"id": row_id, text_column: text}) + "\n")
+    return path
+
+
+def expected_vectors(model, texts, instruction: str = INSTRUCTION) -> np.ndarray:
+    vectorizer = InstructorVectorizer(model=model, instruction=instruction, cache=None)
+    return vectorizer.fit(["x"]).transform(texts)
+
+
+def read_parquet_output(path: Path, embedding_column: str = "embedding"):
+    table = pq.read_table(path)
+    column = table.column(embedding_column).combine_chunks()
+    vectors = column.flatten().to_numpy().reshape(len(table), column.type.list_size)
+    ids = table.column("id").to_pylist() if "id" in table.column_names else None
+    return ids, vectors
+
+
+def embed_args(input_path, output, model, *extra: str) -> list[str]:
+    return [
+        "embed",
+        str(input_path),
+        "-o",
+        str(output),
+        "--model",
+        str(model),
+        "--instruction",
+        INSTRUCTION,
+        "--no-progress",
+        *extra,
+    ]
+
+
+# -- output formats and equality with the in-process vectorizer ----------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".tsv", ".jsonl"])
+def test_each_input_format_gives_in_process_vectors_with_ids_in_input_order(
+    tmp_path, tiny_t5_path, suffix
+):
+    ids, texts = make_rows(60)
+    input_path = write_input(tmp_path / f"rows{suffix}", ids, texts)
+    output = tmp_path / "vectors.parquet"
+
+    code = main(embed_args(input_path, output, tiny_t5_path, "--id-column", "id"))
+
+    assert code == 0
+    got_ids, vectors = read_parquet_output(output)
+    assert got_ids == ids
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
+    assert not (tmp_path / "vectors.parquet.parts").exists()
+
+
+def test_parquet_output_has_one_fixed_size_list_column_and_provenance(tmp_path, tiny_t5_path):
+    ids, texts = make_rows(10)
+    input_path = write_input(tmp_path / "rows.parquet", ids, texts)
+    output = tmp_path / "vectors.parquet"
+
+    assert main(embed_args(input_path, output, tiny_t5_path, "--id-column", "id")) == 0
+
+    schema = pq.read_schema(output)
+    assert schema.names == ["id", "embedding"]
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 16)
+    provenance = json.loads(schema.metadata[b"sk_instructor"])
+    assert provenance["instruction"] == INSTRUCTION
+    assert provenance["embedding_dim"] == 16
+
+
+def test_column_per_dimension_writes_one_float32_column_per_dimension(tmp_path, tiny_t5_path):
+    ids, texts = make_rows(25)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "wide.parquet"
+
+    args = embed_args(input_path, output, tiny_t5_path, "--id-column", "id")
+    assert main([*args, "--column-per-dimension", "--chunk-size", "7"]) == 0
+
+    table = pq.read_table(output)
+    assert table.column_names == ["id"] + [f"embedding_{i}" for i in range(16)]
+    assert all(table.schema.field(f"embedding_{i}").type == pa.float32() for i in range(16))
+    vectors = np.column_stack([table.column(f"embedding_{i}").to_numpy() for i in range(16)])
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
+
+
+def test_npy_output_holds_row_i_for_input_row_i(tmp_path, tiny_t5_path):
+    ids, texts = make_rows(30)
+    input_path = write_input(tmp_path / "rows.jsonl", ids, texts)
+    output = tmp_path / "vectors.npy"
+
+    assert main([*embed_args(input_path, output, tiny_t5_path), "--chunk-size", "8"]) == 0
+
+    vectors = np.load(output)
+    assert vectors.shape == (30, 16)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
+
+
+def test_instruction_template_options_match_the_vectorizer(tmp_path, tiny_t5_path):
+    ids, texts = make_rows(12)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "vectors.npy"
+    args = ["embed", str(input_path), "-o", str(output), "--model", str(tiny_t5_path)]
+    args += ["--domain", "Medicine", "--text-type", "sentence", "--objective", "clustering"]
+
+    assert main([*args, "--no-progress"]) == 0
+
+    vectorizer = InstructorVectorizer(
+        model=tiny_t5_path, domain="Medicine", objective="clustering", cache=None
+    )
+    expected = vectorizer.fit_transform(texts)
+    assert vectorizer.instruction_ == "Represent the Medicine sentence for clustering: "
+    np.testing.assert_allclose(np.load(output), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["zero", "empty"])
+def test_missing_policy_matches_the_vectorizer(tmp_path, tiny_t5_path, policy):
+    ids, texts = make_rows(20)
+    texts_with_gaps: list[str | None] = list(texts)
+    texts_with_gaps[3] = texts_with_gaps[17] = None
+    input_path = write_input(tmp_path / "rows.jsonl", ids, texts_with_gaps)
+    output = tmp_path / "vectors.npy"
+
+    assert main([*embed_args(input_path, output, tiny_t5_path), "--missing", policy]) == 0
+
+    vectorizer = InstructorVectorizer(
+        model=tiny_t5_path, instruction=INSTRUCTION, missing=policy, cache=None
+    )
+    expected = vectorizer.fit_transform(texts_with_gaps)
+    np.testing.assert_allclose(np.load(output), expected, rtol=0, atol=1e-6)
+    if policy == "zero":
+        assert not np.load(output)[[3, 17]].any()
+
+
+def test_progress_bar_reports_rows_per_second(tmp_path, tiny_t5_path, capsys):
+    ids, texts = make_rows(20)
+    input_path = write_input(tmp_path / "rows.parquet", ids, texts)
+    args = embed_args(input_path, tmp_path / "vectors.npy", tiny_t5_path)
+    args.remove("--no-progress")
+
+    assert main([*args, "--progress"]) == 0
+
+    err = capsys.readouterr().err
+    assert "rows/s" in err
+    assert "20/20" in err
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path, tiny_t5_path, capsys):
+    ids, texts = make_rows(10)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "vectors.npy"
+    output.write_bytes(b"precious")
+
+    assert main(embed_args(input_path, output, tiny_t5_path)) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert output.read_bytes() == b"precious"
+
+    assert main([*embed_args(input_path, output, tiny_t5_path), "--overwrite"]) == 0
+    assert np.load(output).shape == (10, 16)
+
+
+# -- --help and the console script -----------------------------------------------------------------
+
+
+def test_help_lists_the_options_with_examples(capsys):
+    assert main(["embed", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--column", "--id-column", "--instruction", "--domain", "--text-type"):
+        assert option in out
+    for option in ("--model", "--device", "--batch-size", "--cache", "--chunk-size"):
+        assert option in out
+    assert "examples:" in out
+    assert "running the same command again" in " ".join(out.lower().split())
+
+
+def test_no_command_prints_usage_and_fails(capsys):
+    assert main([]) == 2
+    assert "embed" in capsys.readouterr().err
+
+
+def test_console_script_is_declared():
+    from importlib.metadata import entry_points
+
+    scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
+    assert scripts.get("sk-instructor") == "sk_instructor._cli:main"
+
+
+# -- bad input: one line, exit code 1, traceback only with --verbose -------------------------------
+
+
+def _bad_input(tmp_path: Path, case: str) -> tuple[Path, list[str], str]:
+    """(input file, extra options, text the error line must contain)."""
+    ids, texts = make_rows(5)
+    if case == "missing column":
+        return write_input(tmp_path / "rows.csv", ids, texts), ["--column", "body"], "'body'"
+    if case == "missing id column":
+        path = write_input(tmp_path / "rows.parquet", ids, texts)
+        return path, ["--id-column", "key"], "no id column 'key'"
+    if case == "unreadable parquet":
+        path = tmp_path / "rows.parquet"
+        path.write_bytes(b"this is not parquet at all")
+        return path, [], "could not read"
+    if case == "malformed csv row":
+        path = tmp_path / "rows.csv"
+        path.write_text("id,text\n1,fine\n2,too,many,fields\n")
+        return path, [], "could not read"
+    if case == "empty file":
+        path = tmp_path / "rows.jsonl"
+        path.write_text("")
+        return path, [], "empty"
+    if case == "header only":
+        path = tmp_path / "rows.csv"
+        path.write_text("id,text\n")
+        return path, [], "no rows"
+    if case == "no rows parquet":
+        return write_input(tmp_path / "rows.parquet", [], []), [], "no rows"
+    if case == "no such file":
+        return tmp_path / "absent.csv", [], "no such file"
+    if case == "not text":
+        return write_input(tmp_path / "rows.parquet", ids, texts), ["--column", "id"], "not text"
+    if case == "missing text":
+        path = write_input(tmp_path / "rows.jsonl", ids, ["a", None, "b", "c", None])
+        return path, [], "rows 1, 4"
+    raise AssertionError(case)
+
+
+BAD_INPUTS = [
+    "missing column",
+    "missing id column",
+    "unreadable parquet",
+    "malformed csv row",
+    "empty file",
+    "header only",
+    "no rows parquet",
+    "no such file",
+    "not text",
+    "missing text",
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gives_one_line_error_without_traceback(tmp_path, tiny_t5_path, capsys, case):
+    input_path, extra, expected = _bad_input(tmp_path, case)
+    output = tmp_path / "vectors.parquet"
+
+    code = main([*embed_args(input_path, output, tiny_t5_path), *extra])
+
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 1
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("sk-instructor: error: ")
+    assert expected in lines[0]
+    assert "Traceback" not in captured.err
+    assert not output.exists()
+    assert not (tmp_path / "vectors.parquet.parts").exists()
+
+
+@pytest.mark.parametrize("case", ["missing column", "unreadable parquet"])
+def test_verbose_adds_the_traceback(tmp_path, tiny_t5_path, capsys, case):
+    input_path, extra, _ = _bad_input(tmp_path, case)
+
+    code = main([*embed_args(input_path, tmp_path / "v.npy", tiny_t5_path), *extra, "--verbose"])
+
+    assert code == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+
+    code = main(["embed", str(tmp_path / "rows.csv"), "-o", str(tmp_path / "v.npy")])
+
+    assert code == 1
+    assert 'pip install "sk-instructor[parquet]"' in capsys.readouterr().err
+
+
+# -- resuming (in process: an interruption simulated after a given number of chunks) -------------
+
+
+def _interrupt_after(monkeypatch, n_chunks: int) -> list[int]:
+    """Make the run raise KeyboardInterrupt (as Ctrl-C would) once ``n_chunks`` are committed;
+    returns the list of chunk indices written, which keeps growing after the interruption."""
+    written: list[int] = []
+    original = ChunkedOutput.write_chunk
+
+    def write_chunk(self, index, table):
+        if len(written) == n_chunks:
+            raise KeyboardInterrupt
+        original(self, index, table)
+        written.append(index)
+
+    monkeypatch.setattr(ChunkedOutput, "write_chunk", write_chunk)
+    return written
+
+
+def test_resume_computes_only_the_missing_chunks(tmp_path, tiny_t5_path, monkeypatch, capsys):
+    ids, texts = make_rows(50)
+    input_path = write_input(tmp_path / "rows.parquet", ids, texts)
+    output = tmp_path / "vectors.parquet"
+    args = [*embed_args(input_path, output, tiny_t5_path, "--id-column", "id"), "--chunk-size", "6"]
+    written = _interrupt_after(monkeypatch, 3)
+
+    assert main(args) == 130
+    assert "3 chunk(s), 18 rows" in capsys.readouterr().err
+    assert not output.exists()
+    written.clear()
+    monkeypatch.undo()
+    written = _interrupt_after(monkeypatch, 10**9)
+
+    assert main(args) == 0
+
+    assert written == list(range(3, 9))  # 50 rows in chunks of 6: chunks 3..8 were left
+    assert "(18 resumed from an earlier run)" in capsys.readouterr().err
+    got_ids, vectors = read_parquet_output(output)
+    assert got_ids == ids
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
+
+
+def test_resume_refuses_other_options_and_restart_discards(
+    tmp_path, tiny_t5_path, monkeypatch, capsys
+):
+    ids, texts = make_rows(30)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "vectors.npy"
+    _interrupt_after(monkeypatch, 2)
+    assert main([*embed_args(input_path, output, tiny_t5_path), "--chunk-size", "5"]) == 130
+    monkeypatch.undo()
+    other = "Represent the Medicine sentence: "
+    args = embed_args(input_path, output, tiny_t5_path, "--chunk-size", "5")
+    args[args.index(INSTRUCTION)] = other
+
+    assert main(args) == 1
+    assert "different instruction;" in capsys.readouterr().err
+    assert main([*embed_args(input_path, output, tiny_t5_path), "--chunk-size", "6"]) == 1
+    assert "different chunk size;" in capsys.readouterr().err
+    assert len(ChunkedOutput(output, {}).completed_chunks()) == 2  # refused, and kept
+
+    assert main([*args, "--restart"]) == 0
+    expected = expected_vectors(tiny_t5_path, texts, instruction=other)
+    np.testing.assert_allclose(np.load(output), expected, rtol=0, atol=1e-6)
+
+
+def test_resume_refuses_a_changed_input(tmp_path, tiny_t5_path, monkeypatch, capsys):
+    ids, texts = make_rows(30)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "vectors.npy"
+    args = [*embed_args(input_path, output, tiny_t5_path), "--chunk-size", "5"]
+    _interrupt_after(monkeypatch, 2)
+    assert main(args) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    write_input(input_path, ids, [text.upper() for text in texts])
+
+    assert main(args) == 1
+
+    err = capsys.readouterr().err
+    assert "different input file;" in err
+    assert "--restart" in err
+    assert not output.exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_one_runs(tmp_path, tiny_t5_path, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    ids, texts = make_rows(10)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "vectors.npy"
+    parts = tmp_path / "vectors.npy.parts"
+    parts.mkdir()
+    with open(parts / ".lock", "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+        assert main(embed_args(input_path, output, tiny_t5_path)) == 1
+
+    assert "another sk-instructor run" in capsys.readouterr().err
+    assert main(embed_args(input_path, output, tiny_t5_path)) == 0
+
+
+# -- resuming after real signals (subprocess) ------------------------------------------------------
+
+# Rows and chunk size for the subprocess tests: enough chunks that the run cannot finish between
+# two polls of the work folder (each chunk costs milliseconds: an encoder call, a synced write).
+_SIGNAL_ROWS, _SIGNAL_CHUNK = 200, 4
+
+
+def _start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    # One intra-op thread: on a busy two-core machine, torch's thread pool spinning against
+    # other processes made the tiny model ten times slower.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.Popen(
+        [sys.executable, "-m", "sk_instructor._cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _chunk_files(parts: Path) -> dict[str, bytes]:
+    files = {}
+    for path in sorted(parts.glob("chunk-*.parquet")):
+        try:
+            files[path.name] = path.read_bytes()
+        except FileNotFoundError:  # pragma: no cover - only if the folder is being removed
+            pass
+    return files
+
+
+def _wait_for_chunks(parts: Path, n_chunks: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("chunk-*.parquet"))) < n_chunks:
+        if process.poll() is not None:
+            _, err = process.communicate()
+            pytest.fail(
+                f"the run ended (code {process.returncode}) before it was interrupted: {err}"
+            )
+        if time.monotonic() > deadline:  # pragma: no cover
+            process.kill()
+            pytest.fail("no chunk was written within 120 s")
+        time.sleep(0.002)
+
+
+def _assert_only_complete_chunks(parts: Path, expected_vectors_: np.ndarray) -> int:
+    """Every chunk file present is whole: readable, the right rows, the right vectors."""
+    chunks = sorted(parts.glob("chunk-*.parquet"))
+    for path in chunks:
+        index = int(path.stem.split("-")[1])
+        table = pq.read_table(path)
+        rows = expected_vectors_[index * _SIGNAL_CHUNK : (index + 1) * _SIGNAL_CHUNK]
+        assert table.num_rows == len(rows)
+        _, vectors = read_parquet_output(path)
+        np.testing.assert_allclose(vectors, rows, rtol=0, atol=1e-6)
+    return len(chunks)
+
+
+@pytest.fixture
+def signal_run(tmp_path, tiny_t5_path):
+    """Input, command and the two references for the kill/resume tests."""
+    ids, texts = make_rows(_SIGNAL_ROWS, seed=3)
+    input_path = write_input(tmp_path / "rows.parquet", ids, texts)
+    output = tmp_path / "vectors.parquet"
+    args = embed_args(input_path, output, tiny_t5_path, "--id-column", "id")
+    args += ["--chunk-size", str(_SIGNAL_CHUNK), "--cache", "none"]
+    uninterrupted = tmp_path / "uninterrupted.parquet"
+    uninterrupted_args = [str(uninterrupted) if a == str(output) else a for a in args]
+    return {
+        "args": args,
+        "ids": ids,
+        "output": output,
+        "parts": tmp_path / "vectors.parquet.parts",
+        "expected": expected_vectors(tiny_t5_path, texts),
+        "uninterrupted_args": uninterrupted_args,
+        "uninterrupted": uninterrupted,
+    }
+
+
+def _assert_resumed_equals_uninterrupted(run: dict, cwd: Path) -> None:
+    resumed = _start_cli(run["args"], cwd)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resumed from an earlier run" in err
+    assert main(run["uninterrupted_args"]) == 0
+
+    ids, vectors = read_parquet_output(run["output"])
+    reference_ids, reference = read_parquet_output(run["uninterrupted"])
+    assert ids == reference_ids == run["ids"]  # every input row exactly once, in input order
+    np.testing.assert_allclose(vectors, reference, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(vectors, run["expected"], rtol=0, atol=1e-6)
+    assert not run["parts"].exists()
+
+
+def test_sigkill_leaves_only_complete_chunks_and_resume_equals_uninterrupted_run(
+    tmp_path, signal_run
+):
+    process = _start_cli(signal_run["args"], tmp_path)
+    _wait_for_chunks(signal_run["parts"], 3, process)
+
+    process.kill()
+    process.communicate()
+
+    assert not signal_run["output"].exists()
+    n_chunks = _assert_only_complete_chunks(signal_run["parts"], signal_run["expected"])
+    assert 3 <= n_chunks < _SIGNAL_ROWS // _SIGNAL_CHUNK
+    _assert_resumed_equals_uninterrupted(signal_run, tmp_path)
+
+
+def test_ctrl_c_loses_no_completed_chunk_and_resume_equals_uninterrupted_run(tmp_path, signal_run):
+    process = _start_cli(signal_run["args"], tmp_path)
+    _wait_for_chunks(signal_run["parts"], 3, process)
+    before = _chunk_files(signal_run["parts"])
+
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+
+    assert process.returncode == 130
+    assert "interrupted" in err
+    assert "run the same command again to continue" in err
+    assert "Traceback" not in err
+    after = _chunk_files(signal_run["parts"])
+    assert all(after.get(name) == content for name, content in before.items())
+    assert not list(signal_run["parts"].glob(".*.tmp"))  # the chunk being written was dropped
+    _assert_only_complete_chunks(signal_run["parts"], signal_run["expected"])
+    _assert_resumed_equals_uninterrupted(signal_run, tmp_path)

@@ -1,0 +1,136 @@
+"""sk_instructor.ray.embed_dataset on a local Ray: same vectors as an in-process transform.
+
+Ray starts once for the module (two CPUs, no dashboard) and is shut down after; starting it and
+its actors costs seconds, hence the ``slow`` mark.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sk_instructor import InstructorVectorizer
+
+TEXTS = [
+    "Parton energy loss in QCD matter",
+    "Dark matter in the early universe",
+    "The stock market fell sharply after the announcement",
+    "",
+    "Scientists discovered a new species of frog",
+    "Parton energy loss in QCD matter",
+    "Where is the nearest train station?",
+] * 6
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def vectorizer(tiny_t5_path):
+    return InstructorVectorizer(model=tiny_t5_path, domain="Science", text_type="title", cache=None)
+
+
+def _in_process(vectorizer: InstructorVectorizer, texts) -> np.ndarray:
+    from sklearn.base import clone
+
+    return clone(vectorizer).fit_transform(texts)
+
+
+def _embeddings_by_id(rows, column: str = "embedding") -> np.ndarray:
+    rows = sorted(rows, key=lambda row: row["id"])
+    return np.stack([np.asarray(row[column], dtype=np.float32) for row in rows])
+
+
+@pytest.mark.slow
+def test_embed_dataset_equals_in_process_transform(local_ray, vectorizer):
+    from sk_instructor.ray import embed_dataset
+
+    items = [{"id": i, "title": text, "year": 2000 + i} for i, text in enumerate(TEXTS)]
+    dataset = local_ray.data.from_items(items, override_num_blocks=3)
+
+    embedded = embed_dataset(dataset, vectorizer, "title", batch_size=8, concurrency=1)
+    rows = embedded.take_all()
+
+    assert len(rows) == len(TEXTS)
+    assert sorted(row["id"] for row in rows) == list(range(len(TEXTS)))
+    assert all(row["year"] == 2000 + row["id"] for row in rows)  # other columns kept
+    assert all(row["title"] == TEXTS[row["id"]] for row in rows)
+    vectors = _embeddings_by_id(rows)
+    np.testing.assert_allclose(vectors, _in_process(vectorizer, TEXTS), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_embedding_column_is_a_fixed_size_float32_list_that_round_trips_parquet(
+    local_ray, vectorizer, tmp_path
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sk_instructor.ray import embed_dataset
+
+    source = tmp_path / "source"
+    source.mkdir()
+    texts = [*TEXTS[:-1], None]  # a missing text: the vectorizer's missing="zero" must travel
+    pq.write_table(pa.table({"id": range(len(texts)), "text": texts}), source / "part.parquet")
+    vectorizer.set_params(missing="zero")
+
+    # The cluster recipe of the README, with local folders standing in for object storage.
+    dataset = local_ray.data.read_parquet(str(source))
+    embed_dataset(
+        dataset, vectorizer, "text", output_column="vector", concurrency=(1, 1)
+    ).write_parquet(str(tmp_path / "embedded"))
+
+    table = pq.read_table(tmp_path / "embedded")
+    assert table.schema.field("vector").type == pa.list_(pa.float32(), 16)
+    vectors = _embeddings_by_id(table.to_pylist(), column="vector")
+    np.testing.assert_allclose(vectors, _in_process(vectorizer, texts), rtol=0, atol=1e-6)
+    assert not vectors[-1].any()
+
+
+@pytest.mark.slow
+def test_invalid_arguments_fail_on_the_driver(local_ray, vectorizer):
+    from sk_instructor.ray import embed_dataset
+
+    dataset = local_ray.data.from_items([{"text": "a"}])
+    with pytest.raises(TypeError, match="InstructorVectorizer"):
+        embed_dataset(dataset, object(), "text")
+    with pytest.raises(TypeError, match=r"ray\.data\.Dataset"):
+        embed_dataset([{"text": "a"}], vectorizer, "text")
+    with pytest.raises(ValueError, match="dtype"):
+        embed_dataset(dataset, vectorizer.set_params(dtype="int8"), "text")
+    with pytest.raises(ValueError, match="concurrency"):
+        embed_dataset(dataset, vectorizer.set_params(dtype="auto"), "text", concurrency=0)
+    with pytest.raises(ValueError, match="replace the text column"):
+        embed_dataset(dataset, vectorizer, "text", output_column="text")
+
+
+def test_missing_ray_raises_import_error_naming_the_extra(monkeypatch, vectorizer):
+    from sk_instructor.ray import embed_dataset
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+
+    with pytest.raises(ImportError, match=r"pip install \"sk-instructor\[ray\]\""):
+        embed_dataset(None, vectorizer, "text")
+
+
+def test_importing_the_package_or_the_module_does_not_import_ray():
+    code = (
+        "import sys, sk_instructor, sk_instructor.ray; "
+        "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
