@@ -40,6 +40,10 @@ __all__ = ["EmbeddingModel"]
 # Unique texts tokenized at a time. Bounds the memory of token ids for huge inputs and lets an
 # accelerator encode one block while the CPU tokenizes the next.
 _BLOCK_SIZE = 8192
+# On accelerators the first block is small and the next ones double up to _BLOCK_SIZE: the device
+# starts after a short tokenization instead of waiting for 8192 texts, and each later block is
+# tokenized while the device encodes the one before.
+_FIRST_BLOCK_SIZE = 512
 # On accelerators, results stay on the device and are copied back in groups of this many rows:
 # a copy per batch would make the CPU wait for the GPU after every batch.
 _DEVICE_FLUSH_ROWS = 4096
@@ -84,6 +88,10 @@ class EmbeddingModel:
                 raise CheckpointError(f"unexpected stage {stage.kind!r}")
         self.embedding_dim = width
         self._identity = resolved.identity
+        # On an accelerator the CPU works ahead: it tokenizes the next block in a thread and
+        # leaves results on the device, copied back in groups. On the CPU the two would only
+        # compete for the same cores.
+        self._pipelined = not device.startswith("cpu")
         self._counter_lock = threading.Lock()
         self.n_encoded = 0
 
@@ -184,7 +192,7 @@ class EmbeddingModel:
                     )
                     pending.append((block[batch], vectors))
                     pending_rows += len(batch)
-                    if self.device == "cpu" or pending_rows >= _DEVICE_FLUSH_ROWS:
+                    if not self._pipelined or pending_rows >= _DEVICE_FLUSH_ROWS:
                         self._flush(pending, unique_vectors, keys, cache, counts, progress)
                         pending, pending_rows = [], 0
                 self._flush(pending, unique_vectors, keys, cache, counts, progress)
@@ -225,14 +233,14 @@ class EmbeddingModel:
     def _tokenized_blocks(self, pairs, todo: np.ndarray, max_len: int):
         """Yield (unique indices, tokenized block); the next block is tokenized in a thread
         while the accelerator encodes the current one (on the CPU they would only compete)."""
-        blocks = [todo[start : start + _BLOCK_SIZE] for start in range(0, len(todo), _BLOCK_SIZE)]
+        blocks = _split_blocks(todo, pipelined=self._pipelined)
 
         def tokenize(block: np.ndarray):
             return self._tokenizer.tokenize(
                 [pairs[i][0] for i in block], [pairs[i][1] for i in block], max_len
             )
 
-        if self.device == "cpu" or len(blocks) < 2:
+        if not self._pipelined or len(blocks) < 2:
             for block in blocks:
                 yield block, tokenize(block)
             return
@@ -293,20 +301,28 @@ class EmbeddingModel:
         """Pad one batch, run the encoder and the later stages; float32 vectors on the device."""
         import torch
 
-        width = max(len(ids) for ids in input_ids)
+        lengths = np.fromiter((len(row_ids) for row_ids in input_ids), np.int64, len(input_ids))
+        width = int(lengths.max())
         ids = np.full((len(input_ids), width), self._tokenizer.pad_token_id, dtype=np.int64)
         for row, row_ids in enumerate(input_ids):
             ids[row, : len(row_ids)] = row_ids
-        lengths = np.fromiter((len(row_ids) for row_ids in input_ids), np.int64, len(input_ids))
-        positions = np.arange(width)
-        attention = positions[None, :] < lengths[:, None]
-        # The encoder sees the instruction; pooling does not (rule 6 of the reference).
-        pooling_mask = attention & (positions[None, :] >= instruction_lengths[:, None])
-        ids_t, attention_t, pooling_t = (
+        # Only the token ids and two numbers per row travel to the device; the masks are built
+        # there.
+        ids_t, lengths_t, skipped_t = (
             self._to_device(torch.from_numpy(array))
-            for array in (ids, attention.astype(np.int64), pooling_mask)
+            for array in (ids, lengths, np.asarray(instruction_lengths, dtype=np.int64))
         )
-        hidden = self._encoder(input_ids=ids_t, attention_mask=attention_t).last_hidden_state
+        positions = torch.arange(width, device=ids_t.device)
+        attention_t = positions[None, :] < lengths_t[:, None]
+        # The encoder sees the instruction; pooling does not (rule 6 of the reference).
+        pooling_t = attention_t & (positions[None, :] >= skipped_t[:, None])
+        # A batch without padding (common: batches are length-sorted) needs no attention mask.
+        # Saying so here spares transformers a device-to-host check of the mask (a
+        # synchronisation on accelerators) and lets attention take its unmasked kernel.
+        padded = bool(lengths.min() < width)
+        hidden = self._encoder(
+            input_ids=ids_t, attention_mask=attention_t.long() if padded else None
+        ).last_hidden_state
         vectors = self._pooling(hidden, pooling_t)
         for dense in self._dense:
             vectors = dense(vectors)
@@ -321,6 +337,19 @@ class EmbeddingModel:
             # Pinned host memory lets the copy run asynchronously with the previous batch.
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
+
+
+def _split_blocks(todo: np.ndarray, *, pipelined: bool) -> list[np.ndarray]:
+    """Cut ``todo`` into tokenization blocks: equal ones of ``_BLOCK_SIZE`` on the CPU; on an
+    accelerator, ``_FIRST_BLOCK_SIZE`` first and doubling from there."""
+    blocks = []
+    start = 0
+    size = _FIRST_BLOCK_SIZE if pipelined else _BLOCK_SIZE
+    while start < len(todo):
+        blocks.append(todo[start : start + size])
+        start += size
+        size = min(size * 2, _BLOCK_SIZE)
+    return blocks
 
 
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
