@@ -326,6 +326,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 "Found array with 0 sample(s) (shape=(0,)) while a minimum of 1 is required: "
                 "fit needs at least one text."
             )
+        self._check_missing(column)
         # Checks and records the column name the way every sklearn estimator does (warnings on
         # a name mismatch, feature_names_in_ set or removed), without converting the texts.
         validate_data(self, X, reset=True, skip_check_array=True, ensure_2d=False)
@@ -337,6 +338,14 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.device_ = resolve_device(self.device)
         self.embedding_dim_ = self._engine().embedding_dim
         return column
+
+    def _check_missing(self, column: TextColumn) -> None:
+        if column.missing_rows and self.missing == "error":
+            raise ValueError(
+                f"X has missing values (None, NaN or pd.NA) at "
+                f"{describe_rows(column.missing_rows, column.index)}. Drop or fill them, or set "
+                f"missing='empty' (embed an empty text) or missing='zero' (zero vectors)."
+            )
 
     def _resolve_instruction(self) -> str:
         if self.instruction is not None:
@@ -360,12 +369,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         from ._cache import resolve_cache
 
         texts = column.texts
-        if column.missing_rows and self.missing == "error":
-            raise ValueError(
-                f"X has missing values (None, NaN or pd.NA) at "
-                f"{describe_rows(column.missing_rows, column.index)}. Drop or fill them, or set "
-                f"missing='empty' (embed an empty text) or missing='zero' (zero vectors)."
-            )
+        self._check_missing(column)
         keep = np.ones(len(texts), dtype=bool)
         if column.missing_rows and self.missing == "zero":
             keep[column.missing_rows] = False
