@@ -147,7 +147,7 @@ class EmbeddingModel:
             raise ValueError(
                 f"{len(instructions)} instructions for {len(texts)} texts: give one per text."
             )
-        max_len = self._check_max_length(max_seq_length)
+        max_len = self.check_max_seq_length(max_seq_length)
         n_rows = len(texts)
         output = np.zeros((n_rows, self.embedding_dim), dtype=np.float32)
         if n_rows == 0:
@@ -206,8 +206,9 @@ class EmbeddingModel:
         output[:] = unique_vectors[inverse]
         return output
 
-    # -- internals -----------------------------------------------------------------------------
-    def _check_max_length(self, max_seq_length: int | None) -> int:
+    def check_max_seq_length(self, max_seq_length: int | None) -> int:
+        """The token limit to use: the checkpoint's when ``None``, else ``max_seq_length`` once
+        checked against the encoder's position table (ValueError when it is too long)."""
         if max_seq_length is None:
             return self.max_seq_length
         limit = getattr(self._encoder.config, "max_position_embeddings", None)
@@ -218,6 +219,7 @@ class EmbeddingModel:
             )
         return int(max_seq_length)
 
+    # -- internals -----------------------------------------------------------------------------
     def _cache_keys(self, pairs: list[tuple[str, str]], *, max_len: int, normalize: bool):
         from ._cache import make_key
 

@@ -336,7 +336,10 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         from ._device import resolve_device
 
         self.device_ = resolve_device(self.device)
-        self.embedding_dim_ = self._engine().embedding_dim
+        engine = self._engine()
+        # A max_seq_length the encoder cannot take fails here, at fit, not at the first transform.
+        engine.check_max_seq_length(self.max_seq_length)
+        self.embedding_dim_ = engine.embedding_dim
         return column
 
     def _check_missing(self, column: TextColumn) -> None:

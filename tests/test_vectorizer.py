@@ -503,3 +503,9 @@ def test_docstring_documents_every_parameter_and_attribute():
         assert f"\n    {name} : " in doc, name
     for name in ("instruction_", "embedding_dim_", "n_features_in_", "feature_names_in_"):
         assert f"\n    {name} : " in doc, name
+
+
+def test_max_seq_length_beyond_the_encoder_fails_at_fit(minilm_path):
+    vectorizer = InstructorVectorizer(minilm_path, device="cpu", max_seq_length=1000)
+    with pytest.raises(ValueError, match="max_seq_length=1000 exceeds the 512 positions"):
+        vectorizer.fit(["a text"])
