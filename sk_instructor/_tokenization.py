@@ -97,4 +97,20 @@ class Tokenizer:
 
     def _prepare(self, text: str) -> str:
         # sentence-transformers' do_lower_case applies to instruction and text alike.
-        return text.lower() if self._do_lower_case else text
+        text = text.lower() if self._do_lower_case else text
+        return text if text.isascii() else _replace_lone_surrogates(text)
+
+
+def _replace_lone_surrogates(text: str) -> str:
+    """``text`` with each lone UTF-16 surrogate replaced by U+FFFD.
+
+    A lone surrogate (``"\\ud800"``, left by a bad decode) is legal in a Python str but has no
+    UTF-8 form, and the Rust tokenizer takes UTF-8: it would refuse the whole batch with an
+    obscure TypeError. Replaced, the text still embeds, as a UTF-8 decoder with
+    ``errors="replace"`` would have read it; a well-formed surrogate pair becomes its character.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
