@@ -264,6 +264,9 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
             Unit-length rows (zero rows for missing queries when ``missing="zero"``).
         """
         check_is_fitted(self, "document_embeddings_")
+        if hasattr(X, "__len__") and not isinstance(X, (str, bytes)) and len(X) == 0:
+            # As sklearn's NearestNeighbors does, but saying which call got nothing.
+            raise ValueError("no queries: embed_queries / kneighbors need at least one text.")
         # A fresh vectorizer per call: queries need not share the corpus's column name, and
         # the loaded model and the cache are shared through the registry anyway.
         return self._vectorizer(self.query_instruction_).fit_transform(X)

@@ -437,7 +437,7 @@ def test_retriever_on_hostile_texts_gives_finite_distances_or_a_named_error(
                 retriever.kneighbors(queries)
             return
         if not queries:
-            with pytest.raises(ValueError, match=re.escape("0 sample(s)")):
+            with pytest.raises(ValueError, match="no queries"):
                 retriever.kneighbors(queries)
             return
         distances, indices = retriever.kneighbors(queries)
