@@ -11,7 +11,6 @@ same command is run again. Problems are reported on one line, with the traceback
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import signal
 import sys
@@ -359,9 +358,6 @@ def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> 
         disable=not show,
         file=sys.stderr,
     )
-    # The vectorizer would open a bar per chunk; the engine advances this one instead, so the
-    # rate is live within a chunk too.
-    vectorizer._progress = lambda n_rows: contextlib.nullcontext(bar)
     started = time.perf_counter()
     n_chunks = n_embedded = 0
     try:
@@ -371,7 +367,9 @@ def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> 
                 if parts.has_chunk(index, chunk.num_rows):
                     continue
                 position = bar.n
-                vectors = vectorizer.transform(chunk.column(args.column).to_pylist())
+                # The vectorizer would open a bar per chunk; the engine advances this one
+                # instead, so the rate is live within a chunk too.
+                vectors = vectorizer._transform(chunk.column(args.column).to_pylist(), progress=bar)
                 # Rows written as zero vectors (--missing zero) never pass through the engine.
                 bar.update(position + chunk.num_rows - bar.n)
                 # A new table: the input's schema metadata (pandas' index description, say)

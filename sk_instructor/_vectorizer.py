@@ -6,6 +6,7 @@ container and hands (instruction, text) pairs to the shared encoding engine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -257,10 +258,14 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ndarray of shape (n_texts, embedding_dim_), float32
             One row per text; zero rows for missing texts when ``missing="zero"``.
         """
+        return self._transform(X)
+
+    def _transform(self, X: Any, *, progress: Any = None) -> np.ndarray:
+        """``transform``, advancing an outside progress bar (the command line's) if given."""
         check_is_fitted(self, "embedding_dim_")
         column = read_text_column(X)
         validate_data(self, X, reset=False, skip_check_array=True, ensure_2d=False)
-        return self._embed(column)
+        return self._embed(column, progress=progress)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Output names ``instructorvectorizer0`` ... one per embedding dimension.
@@ -368,7 +373,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             local_files_only=self.local_files_only,
         )
 
-    def _embed(self, column: TextColumn) -> np.ndarray:
+    def _embed(self, column: TextColumn, *, progress: Any = None) -> np.ndarray:
         from ._cache import resolve_cache
 
         texts = column.texts
@@ -382,7 +387,10 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         output = np.zeros((len(texts), engine.embedding_dim), dtype=np.float32)
         if len(rows) == 0:
             return output
-        with self._progress(len(rows)) as progress:
+        bar = (
+            contextlib.nullcontext(progress) if progress is not None else self._progress(len(rows))
+        )
+        with bar as progress:
             output[rows] = engine.encode(
                 [instructions[i] for i in rows],
                 [texts[i] if texts[i] is not None else "" for i in rows],
@@ -395,12 +403,15 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         return output
 
     def _progress(self, n_rows: int):
-        from tqdm.auto import tqdm
-
         show = self.show_progress_bar
         if show is None:
             show = n_rows >= _PROGRESS_MIN_ROWS and _is_terminal(sys.stderr)
-        return tqdm(total=n_rows, unit="text", desc="Embedding", disable=not show, leave=False)
+        if not show:
+            # tqdm.auto is not even imported: in a notebook without ipywidgets it warns on import.
+            return contextlib.nullcontext(None)
+        from tqdm.auto import tqdm
+
+        return tqdm(total=n_rows, unit="text", desc="Embedding", leave=False)
 
 
 def _is_terminal(stream: Any) -> bool:
