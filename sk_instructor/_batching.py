@@ -1,8 +1,9 @@
 """Grouping texts into batches by a token budget.
 
-Texts are sorted by token count so that each batch pads to a length close to all its members',
-and a batch holds as many texts as fit in ``token_budget`` padded tokens. A fixed count per
-batch either wastes padding on long texts or runs tiny matrices on short ones.
+Texts are sorted by token count and cut into batches of neighbours in that order, so that each
+batch pads to a length close to all its members'. A batch holds at most ``token_budget`` padded
+tokens: a fixed count per batch either wastes padding on long texts or runs tiny matrices on
+short ones. Where to cut is chosen to compute the fewest tokens (see :func:`plan_batches`).
 """
 
 from __future__ import annotations
@@ -11,16 +12,37 @@ import numpy as np
 
 __all__ = ["DEFAULT_TOKEN_BUDGET", "plan_batches"]
 
-# Padded tokens per batch. On CPU the encoder's throughput is flat from a few hundred tokens up
-# and falls for very large batches (cache misses); on accelerators larger batches keep the device
-# busy. Measured by benchmarks/token_budget.py.
-DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 65536, "mps": 16384}
+# Padded tokens per batch.
+# CPU: measured with benchmarks/token_budget.py (all-MiniLM-L6-v2, 900 distinct real texts of
+# 11-256 tokens, 2 cores, each budget timed back to back on the same chunks). On a quiet machine
+# 1024 was fastest, 512 and 2048 3-4% slower, 4096 16% slower and 16384 45% slower (larger
+# matrices fall out of cache); with the machine oversubscribed (load average ~4 on 2 cores) small
+# batches collapse (1024 ran at 0.50 of the best, 1536 at 0.93, 2048 at 0.83, 4096 at 0.93)
+# because every operator ends in a thread barrier. 1536 was fastest in the quiet round of that
+# run and within 7% of the best loaded: the default that is good in both.
+# Accelerators: larger batches keep the device busy; to be measured by benchmarks/gpu_check.sh.
+DEFAULT_TOKEN_BUDGET = {"cpu": 1536, "cuda": 65536, "mps": 16384}
+
+# The fixed cost of one forward pass (Python, kernel launches, thread start-up), in tokens, as a
+# fraction of the budget: a batch is worth cutting off only where it saves more padding than this.
+_OVERHEAD_FRACTION = 16
 
 
 def plan_batches(
-    lengths: np.ndarray, *, token_budget: int, max_batch_size: int | None = None
+    lengths: np.ndarray,
+    *,
+    token_budget: int,
+    max_batch_size: int | None = None,
+    batch_overhead: int | None = None,
 ) -> list[np.ndarray]:
-    """Split row indices into batches, longest texts first.
+    """Split row indices into batches of neighbours in length order, longest first.
+
+    Among all such splits whose batches hold at most ``token_budget`` padded tokens, the one
+    with the least cost is chosen: each batch costs its padded size (rows x its longest row)
+    plus ``batch_overhead`` tokens for the fixed cost of a forward pass (dynamic programming
+    over the sorted lengths, O(rows x rows per batch)). Filling every batch up to the budget
+    instead would pad short texts to the length of much longer ones wherever lengths spread
+    widely, as they do in the tail of real corpora.
 
     Parameters
     ----------
@@ -31,6 +53,8 @@ def plan_batches(
         still gets a batch of its own.
     max_batch_size : int or None
         Upper bound on rows per batch, if any.
+    batch_overhead : int or None
+        Cost of one batch in tokens; ``None``: ``token_budget // 16``.
 
     Returns
     -------
@@ -43,17 +67,40 @@ def plan_batches(
     >>> import numpy as np
     >>> [b.tolist() for b in plan_batches(np.array([3, 10, 4, 9]), token_budget=20)]
     [[1, 3], [2, 0]]
+    >>> [b.tolist() for b in plan_batches(np.array([3, 30, 4, 3]), token_budget=120)]
+    [[1], [2, 0, 3]]
     """
     if token_budget < 1:
         raise ValueError(f"token_budget must be >= 1, got {token_budget}.")
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    batches: list[np.ndarray] = []
-    start = 0
-    while start < len(order):
-        longest = max(int(lengths[order[start]]), 1)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    n_rows = len(order)
+    if n_rows == 0:
+        return []
+    sorted_lengths = np.maximum(lengths[order], 1)
+    overhead = (
+        max(token_budget // _OVERHEAD_FRACTION, 1) if batch_overhead is None else batch_overhead
+    )
+    # cost[i]: least cost of the first i sorted rows; start[i]: where its last batch begins.
+    cost = np.full(n_rows + 1, np.inf)
+    cost[0] = 0.0
+    start = np.zeros(n_rows + 1, dtype=np.int64)
+    for first in range(n_rows):
+        longest = int(sorted_lengths[first])
         rows = max(token_budget // longest, 1)
         if max_batch_size is not None:
             rows = min(rows, max_batch_size)
-        batches.append(order[start : start + rows])
-        start += rows
-    return batches
+        rows = min(rows, n_rows - first)
+        # A batch of rows first .. first + k - 1 pads them all to the first (longest) one.
+        candidate = cost[first] + overhead + longest * np.arange(1, rows + 1)
+        reached = cost[first + 1 : first + rows + 1]
+        better = candidate < reached
+        reached[better] = candidate[better]
+        start[first + 1 : first + rows + 1][better] = first
+    batches: list[np.ndarray] = []
+    end = n_rows
+    while end > 0:
+        begin = int(start[end])
+        batches.append(order[begin:end])
+        end = begin
+    return batches[::-1]

@@ -176,12 +176,13 @@ class EmbeddingModel:
 
         budget = token_budget or DEFAULT_TOKEN_BUDGET.get(torch.device(self.device).type, 2048)
         n_truncated = 0
+
+        def plan(lengths: np.ndarray) -> list[np.ndarray]:
+            return plan_batches(lengths, token_budget=budget, max_batch_size=batch_size)
+
         with torch.inference_mode():
-            for block, tokenized in self._tokenized_blocks(pairs, todo, max_len):
+            for block, tokenized, batches in self._prepared_blocks(pairs, todo, max_len, plan):
                 n_truncated += tokenized.n_truncated
-                batches = plan_batches(
-                    tokenized.lengths, token_budget=budget, max_batch_size=batch_size
-                )
                 pending: list[tuple[np.ndarray, torch.Tensor]] = []
                 pending_rows = 0
                 for batch in batches:
@@ -232,27 +233,29 @@ class EmbeddingModel:
         }
         return [make_key(instruction=i, text=t, **common) for i, t in pairs]
 
-    def _tokenized_blocks(self, pairs, todo: np.ndarray, max_len: int):
-        """Yield (unique indices, tokenized block); the next block is tokenized in a thread
-        while the accelerator encodes the current one (on the CPU they would only compete)."""
+    def _prepared_blocks(self, pairs, todo: np.ndarray, max_len: int, plan):
+        """Yield (unique indices, tokenized block, its batches); on an accelerator the next
+        block is tokenized and planned in a thread while the device encodes the current one
+        (on the CPU the two would only compete for the same cores)."""
         blocks = _split_blocks(todo, pipelined=self._pipelined)
 
-        def tokenize(block: np.ndarray):
-            return self._tokenizer.tokenize(
+        def prepare(block: np.ndarray):
+            tokenized = self._tokenizer.tokenize(
                 [pairs[i][0] for i in block], [pairs[i][1] for i in block], max_len
             )
+            return tokenized, plan(tokenized.lengths)
 
         if not self._pipelined or len(blocks) < 2:
             for block in blocks:
-                yield block, tokenize(block)
+                yield (block, *prepare(block))
             return
         with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(tokenize, blocks[0])
+            future = pool.submit(prepare, blocks[0])
             for position, block in enumerate(blocks):
-                tokenized = future.result()
+                prepared = future.result()
                 if position + 1 < len(blocks):
-                    future = pool.submit(tokenize, blocks[position + 1])
-                yield block, tokenized
+                    future = pool.submit(prepare, blocks[position + 1])
+                yield (block, *prepared)
 
     def _flush(self, pending, unique_vectors, keys, cache, counts, progress) -> None:
         """Copy finished vectors to the host, store them in the cache, advance the progress."""

@@ -16,6 +16,7 @@ import torch
 from reference_instructor import ReferenceInstructor
 
 from sk_instructor import _engine
+from sk_instructor._batching import plan_batches
 from sk_instructor._checkpoint import resolve_model
 from sk_instructor._engine import EmbeddingModel, _split_blocks
 
@@ -201,3 +202,55 @@ def test_every_budget_gives_the_same_vectors(tiny_t5_path, budget):
     np.testing.assert_allclose(
         model.encode(instructions, texts, token_budget=budget), baseline, atol=1e-6
     )
+
+
+# -- batch planning ------------------------------------------------------------------------------
+def _greedy_fill(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """The plain plan: longest first, each batch filled up to the budget."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        rows = max(budget // max(int(lengths[order[start]]), 1), 1)
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def _cost(batches, lengths, overhead):
+    return sum(len(batch) * lengths[batch].max() + overhead for batch in batches)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("budget", [64, 1536, 65536])
+def test_planned_batches_cover_every_row_within_the_budget(seed, budget):
+    rng = np.random.default_rng(seed)
+    # A real corpus's shape: mostly short texts, a long tail up to the maximum length.
+    lengths = np.minimum(rng.lognormal(3.6, 0.8, size=700).astype(np.int64) + 2, 512)
+    batches = plan_batches(lengths, token_budget=budget, max_batch_size=300)
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(len(lengths)))
+    # Neighbours in length order, longest first.
+    np.testing.assert_array_equal(lengths[rows], np.sort(lengths)[::-1])
+    for batch in batches:
+        assert len(batch) <= 300
+        assert len(batch) == 1 or len(batch) * lengths[batch].max() <= budget
+    # Never costlier than filling every batch to the budget, under the planner's own measure.
+    overhead = budget // 16
+    greedy = [b[i : i + 300] for b in _greedy_fill(lengths, budget) for i in range(0, len(b), 300)]
+    assert _cost(batches, lengths, overhead) <= _cost(greedy, lengths, overhead)
+
+
+def test_planning_cuts_off_the_long_tail_instead_of_padding_to_it():
+    # One long text among short ones: filling the budget would pad 99 texts to 500 tokens.
+    lengths = np.array([500] + [20] * 99)
+    batches = plan_batches(lengths, token_budget=65536)
+    assert [len(batch) for batch in batches] == [1, 99]
+    assert len(_greedy_fill(lengths, 65536)) == 1
+
+
+def test_a_text_longer_than_the_budget_gets_a_batch_of_its_own():
+    batches = plan_batches(np.array([5, 900, 5]), token_budget=100)
+    assert [batch.tolist() for batch in batches] == [[1], [0, 2]]
+    assert plan_batches(np.array([], dtype=np.int64), token_budget=100) == []
+    with pytest.raises(ValueError, match="token_budget"):
+        plan_batches(np.array([1]), token_budget=0)
