@@ -18,7 +18,8 @@
 #     alternating runs, 3 repeats: texts/s, tokens/s, TFLOP/s, MFU against the device's dense
 #     16-bit peak, peak GPU memory, max abs difference to sentence-transformers float32 and each
 #     reduced precision's cosine to float32 (random weights: a smoke figure, not the real model's);
-#   - the token budget sweep in bfloat16 (is DEFAULT_TOKEN_BUDGET["cuda"] = 65536 the best?).
+#   - the token budget sweep in bfloat16, whole corpus per timing (is DEFAULT_TOKEN_BUDGET["cuda"]
+#     = 65536 the best?).
 # Targets: bfloat16 >= 3x sentence-transformers float32, >= 40% MFU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,5 +67,5 @@ timeout 330 "$PYTHON" benchmarks/throughput.py "${COMMON[@]}" --repeats 3 \
 
 # About 1 minute: the checkpoint is reused from $WORK.
 timeout 120 "$PYTHON" benchmarks/token_budget.py "${COMMON[@]}" --dtype bfloat16 \
-    --budgets 16384,32768,65536,131072 --rounds 2 2>&1 \
+    --budgets 16384,32768,65536,131072 --rounds 3 --chunk-texts "$N_TEXTS" 2>&1 \
     | grep -v "^Loading weights" | tee "$OUT/token_budget.txt" || echo "token_budget.py failed: $?"

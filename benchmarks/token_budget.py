@@ -10,7 +10,7 @@ budget computes.
 
 Usage::
 
-    python benchmarks/token_budget.py                     # CPU, all-MiniLM-L6-v2, ~3 min
+    python benchmarks/token_budget.py        # CPU, all-MiniLM-L6-v2, ~5 min on 2 quiet cores
     python benchmarks/token_budget.py --budgets 512,1024,2048 --rounds 5
     python benchmarks/token_budget.py --device cuda --model t5-large --dtype bfloat16 \\
         --budgets 16384,32768,65536,131072
