@@ -14,9 +14,10 @@ __all__ = ["DEFAULT_TOKEN_BUDGET", "plan_batches"]
 
 # Padded tokens per batch.
 # CPU: measured with benchmarks/token_budget.py (all-MiniLM-L6-v2, 900 distinct real texts of
-# 11-256 tokens, 2 cores, each budget timed back to back on the same chunks). On a quiet machine
-# 1024 was fastest, 512 and 2048 3-4% slower, 4096 16% slower and 16384 45% slower (larger
-# matrices fall out of cache); with the machine oversubscribed (load average ~4 on 2 cores) small
+# 11-256 tokens, 2 cores, each budget timed back to back on the same chunks). With little else
+# running (load average 2-3, our own two threads included) 1024 was fastest, 512 and 2048 3-4%
+# slower, 4096 16% and 16384 45% slower (larger matrices fall out of cache); with the machine
+# oversubscribed (load average ~4 on 2 cores) small
 # batches collapse (1024 ran at 0.50 of the best, 1536 at 0.93, 2048 at 0.83, 4096 at 0.93)
 # because every operator ends in a thread barrier. 1536 was fastest in the quiet round of that
 # run and within 7% of the best loaded: the default that is good in both.
