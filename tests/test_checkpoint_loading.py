@@ -246,7 +246,7 @@ def test_out_of_memory_halves_the_batch_and_loses_no_row(tiny_t5_path, monkeypat
     monkeypatch.setattr(model, "_forward", forward_with_small_memory)
     got = model.encode([""] * len(texts), [t + " " for t in texts], token_budget=10_000)
     np.testing.assert_allclose(got, expected, atol=1e-6)
-    assert max(tried) == 23  # one batch was planned, and it failed
+    assert max(tried) > 3  # a batch too large for the "device" was tried, and split
     assert sum(succeeded) == 23 and max(succeeded) <= 3  # every row once, in smaller batches
 
 
