@@ -149,9 +149,8 @@ class EmbeddingModel:
             )
         max_len = self.check_max_seq_length(max_seq_length)
         n_rows = len(texts)
-        output = np.zeros((n_rows, self.embedding_dim), dtype=np.float32)
         if n_rows == 0:
-            return output
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
 
         # Deduplicate: the instruction and the stripped text fully determine the model input.
         unique_index: dict[tuple[str, str], int] = {}
@@ -204,8 +203,7 @@ class EmbeddingModel:
                 UserWarning,
                 stacklevel=3,
             )
-        output[:] = unique_vectors[inverse]
-        return output
+        return unique_vectors[inverse]
 
     def check_max_seq_length(self, max_seq_length: int | None) -> int:
         """The token limit to use: the checkpoint's when ``None``, else ``max_seq_length`` once
