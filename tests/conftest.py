@@ -45,3 +45,22 @@ def minilm_sentence_transformer(minilm_path):
     """sentence-transformers' own model on the same folder: the independent reference."""
     sentence_transformers = pytest.importorskip("sentence_transformers")
     return sentence_transformers.SentenceTransformer(str(minilm_path), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def st_encode_prompt_excluded(minilm_sentence_transformer):
+    """``encode(texts, instruction)`` by sentence-transformers with the prompt left out of pooling.
+
+    That is the INSTRUCTOR rule on a BERT-style tokenizer; the model's own setting is restored
+    afterwards, as other tests share the model.
+    """
+    st = minilm_sentence_transformer
+
+    def encode(texts, instruction):
+        st.set_pooling_include_prompt(False)
+        try:
+            return st.encode(list(texts), prompt=instruction, convert_to_numpy=True)
+        finally:
+            st.set_pooling_include_prompt(True)
+
+    return encode

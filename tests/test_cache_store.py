@@ -130,6 +130,30 @@ def run_python(code: str, *args: object, timeout: float = 120) -> str:
     return result.stdout
 
 
+def start_writers_together(folder, starts, span: int, batch_size: int, dim: int):
+    """Start one WRITER per start and release them at the same moment, once all are up."""
+    writers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WRITER,
+                *map(str, (folder, start, start + span, batch_size, dim)),
+                "--wait-for-go",
+            ],
+            env=python_env(),
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for start in starts
+    ]
+    for writer in writers:  # every one is up and waiting: release them together
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+    return writers
+
+
 class EstimatorWithCache(BaseEstimator):
     """The smallest sklearn estimator with a ``cache`` parameter, as the vectorizer has."""
 
@@ -510,29 +534,7 @@ def test_disk_cache_round_trips_across_two_processes(tmp_path):
 
 
 def test_two_processes_writing_at_once_lose_nothing(tmp_path):
-    writers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                WRITER,
-                str(tmp_path),
-                str(start),
-                str(start + 2000),
-                "20",
-                "64",
-                "--wait-for-go",
-            ],
-            env=python_env(),
-            stdin=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for start in (0, 2000)
-    ]
-    for writer in writers:  # both are up and waiting: release them together
-        writer.stdin.write("go\n")
-        writer.stdin.flush()
+    writers = start_writers_together(tmp_path, (0, 2000), 2000, batch_size=20, dim=64)
     for writer in writers:
         _, stderr = writer.communicate(timeout=120)
         assert writer.returncode == 0, stderr
@@ -636,29 +638,7 @@ def test_two_processes_finding_the_same_garbage_store_rebuild_it_once(tmp_path):
     # The start of GridSearchCV(n_jobs=2): both workers open a damaged store at once.
     database = tmp_path / "embeddings.sqlite3"
     database.write_bytes(np.random.default_rng(1).bytes(50_000))
-    writers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                WRITER,
-                str(tmp_path),
-                str(start),
-                str(start + 500),
-                "50",
-                "16",
-                "--wait-for-go",
-            ],
-            env=python_env(),
-            stdin=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for start in (0, 500)
-    ]
-    for writer in writers:
-        writer.stdin.write("go\n")
-        writer.stdin.flush()
+    writers = start_writers_together(tmp_path, (0, 500), 500, batch_size=50, dim=16)
     warned = []
     for writer in writers:
         _, stderr = writer.communicate(timeout=120)

@@ -117,16 +117,11 @@ def test_minilm_without_instruction_equals_sentence_transformers(
 
 
 def test_minilm_with_instruction_equals_sentence_transformers_prompt_excluded(
-    minilm_path, minilm_sentence_transformer
+    minilm_path, st_encode_prompt_excluded
 ):
     instruction = "Represent the Science title: "
     texts = ["Parton energy loss in QCD matter", "The chiral phase transition", "Dark energy"]
-    st = minilm_sentence_transformer
-    st.set_pooling_include_prompt(False)
-    try:
-        expected = st.encode(texts, prompt=instruction, convert_to_numpy=True)
-    finally:
-        st.set_pooling_include_prompt(True)
+    expected = st_encode_prompt_excluded(texts, instruction)
     got = get_model(minilm_path, device="cpu").encode([instruction] * len(texts), texts)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     # The instruction really changes the vectors (it is seen by the encoder).

@@ -276,17 +276,12 @@ def test_grid_search_values_reach_the_encoder_in_two_worker_processes(
 
 
 def test_minilm_vectorizer_equals_sentence_transformers_with_the_prompt_left_out_of_pooling(
-    minilm_path, minilm_sentence_transformer
+    minilm_path, st_encode_prompt_excluded
 ):
     instruction = "Represent the Science sentence: "
     texts = TEXTS[:4]
     vectors = InstructorVectorizer(minilm_path, instruction=instruction).fit_transform(texts)
-    st = minilm_sentence_transformer
-    st.set_pooling_include_prompt(False)
-    try:
-        expected = st.encode(texts, prompt=instruction, convert_to_numpy=True)
-    finally:
-        st.set_pooling_include_prompt(True)
+    expected = st_encode_prompt_excluded(texts, instruction)
     assert_allclose(vectors, expected, atol=1e-5)
 
 
