@@ -22,7 +22,7 @@ from sklearn.pipeline import Pipeline
 
 from sk_instructor import InstructorVectorizer
 from sk_instructor._cache import MemoryCache
-from sk_instructor._registry import get_model
+from sk_instructor._engine.registry import get_model
 from sk_instructor.datasets import load_mini_newsgroups
 
 INSTRUCTIONS = [

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     from sentence_transformers import __version__ as st_version
 
     from sk_instructor import InstructorVectorizer
-    from sk_instructor._batching import DEFAULT_TOKEN_BUDGET
+    from sk_instructor._engine.batching import DEFAULT_TOKEN_BUDGET
 
     def synchronize() -> None:
         if cuda:

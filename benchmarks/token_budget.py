@@ -39,7 +39,7 @@ DEFAULT_BUDGETS = "256,512,1024,2048,4096,8192,16384"
 
 
 def padded_tokens(lengths: np.ndarray, budget: int) -> int:
-    from sk_instructor._batching import plan_batches
+    from sk_instructor._engine.batching import plan_batches
 
     batches = plan_batches(lengths, token_budget=budget)
     return int(sum(len(batch) * lengths[batch].max() for batch in batches))
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from sk_instructor._registry import get_model
+    from sk_instructor._engine.registry import get_model
 
     path = model_path(args.model, args.work_dir, tokenizer_from=args.tokenizer_from)
     model = get_model(path, device=args.device, dtype=args.dtype)

@@ -23,6 +23,7 @@ from sklearn.base import (
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._cache import resolve_cache
 from ._input import TextColumn, describe_rows, read_text_column
 from ._instruction import DEFAULT_TEMPLATE, format_instruction
 
@@ -309,7 +310,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         super().__setstate__(state)
         recorded = state.get("device_")
         if recorded is not None and not recorded.startswith("cpu"):
-            from ._device import resolve_device
+            from ._engine.device import resolve_device
 
             try:
                 resolve_device(recorded)
@@ -338,7 +339,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.n_features_in_ = 1
         # A bad template fails here, at fit, like every other invalid parameter.
         self.instruction_ = self._resolve_instruction()
-        from ._device import resolve_device
+        from ._engine.device import resolve_device
 
         self.device_ = resolve_device(self.device)
         engine = self._engine()
@@ -363,7 +364,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         )
 
     def _engine(self):
-        from ._registry import get_model
+        from ._engine.registry import get_model
 
         return get_model(
             self.model,
@@ -374,8 +375,6 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         )
 
     def _embed(self, column: TextColumn, *, progress: Any = None) -> np.ndarray:
-        from ._cache import resolve_cache
-
         texts = column.texts
         self._check_missing(column)
         keep = np.ones(len(texts), dtype=bool)

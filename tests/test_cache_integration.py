@@ -14,7 +14,7 @@ from sklearn.pipeline import Pipeline
 
 from sk_instructor import InstructorVectorizer
 from sk_instructor._cache import DiskCache, MemoryCache
-from sk_instructor._registry import get_model
+from sk_instructor._engine.registry import get_model
 
 TEXTS = [
     f"{topic} sentence number {k} about {topic}" for topic in ("cats", "stocks") for k in range(15)
@@ -101,7 +101,7 @@ def test_entry_written_under_other_settings_is_never_served(
 def test_editing_a_local_checkpoint_invalidates_its_entries(tmp_path):
     import torch
 
-    from sk_instructor._registry import clear_loaded_models
+    from sk_instructor._engine.registry import clear_loaded_models
     from sk_instructor._testing import build_t5_checkpoint
 
     folder = build_t5_checkpoint(tmp_path / "model")
@@ -179,8 +179,8 @@ def test_truncated_store_is_rebuilt_with_a_warning(tmp_path, tiny_t5_path):
 
 
 def test_failure_mid_transform_leaves_the_cache_consistent(tiny_t5_path, monkeypatch):
-    from sk_instructor._checkpoint import resolve_model
-    from sk_instructor._engine import EmbeddingModel
+    from sk_instructor._engine.checkpoint import resolve_model
+    from sk_instructor._engine.model import EmbeddingModel
 
     model = EmbeddingModel(resolve_model(tiny_t5_path), device="cpu")
     cache = MemoryCache()

@@ -26,7 +26,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import BaseEstimator, clone
 
-from sk_instructor import _cache, _fingerprint
 from sk_instructor._cache import (
     CacheStats,
     DiskCache,
@@ -36,7 +35,8 @@ from sk_instructor._cache import (
     make_key,
     resolve_cache,
 )
-from sk_instructor._fingerprint import fingerprint_folder, hub_fingerprint
+from sk_instructor._cache import keys as cache_keys
+from sk_instructor._cache.keys import fingerprint_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,18 +61,15 @@ def batch(indices: range | list[int], dim: int) -> tuple[list[str], np.ndarray]:
     return [f"key-{i}" for i in indices], np.stack([expected_vector(i, dim) for i in indices])
 
 
-# Code run in separate Python processes. It loads _cache.py on its own (it needs only numpy and
-# the standard library) so that a process starts in a fraction of a second, without the
-# package's heavier imports.
+# Code run in separate Python processes. It imports the _cache subpackage without running
+# sk_instructor/__init__.py (the cache needs only numpy, cachetools and the standard library), so
+# that a process starts in a fraction of a second, without the package's heavier imports.
 LOAD_CACHE_MODULE = f"""
-import importlib.util, sys
-_spec = importlib.util.spec_from_file_location(
-    "_standalone_cache", {str(REPO_ROOT / "sk_instructor" / "_cache.py")!r}
-)
-_module = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = _module
-_spec.loader.exec_module(_module)
-DiskCache = _module.DiskCache
+import sys, types
+_package = types.ModuleType("sk_instructor")
+_package.__path__ = [{str(REPO_ROOT / "sk_instructor")!r}]
+sys.modules["sk_instructor"] = _package
+from sk_instructor._cache import DiskCache
 """
 
 WRITER = (
@@ -223,12 +220,12 @@ def test_key_accepts_lone_surrogates_in_text():
 
 def test_key_changes_with_the_format_version(monkeypatch):
     before = make_key(**KEY_FIELDS)
-    monkeypatch.setattr(_cache, "CACHE_FORMAT_VERSION", _cache.CACHE_FORMAT_VERSION + 1)
-    _cache._key_prefix.cache_clear()
+    monkeypatch.setattr(cache_keys, "CACHE_FORMAT_VERSION", cache_keys.CACHE_FORMAT_VERSION + 1)
+    cache_keys._key_prefix.cache_clear()
     try:
         assert make_key(**KEY_FIELDS) != before
     finally:
-        _cache._key_prefix.cache_clear()
+        cache_keys._key_prefix.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -791,7 +788,7 @@ def model_folder(tmp_path: Path) -> Path:
 
 
 def _fingerprint_fresh(folder: Path) -> str:
-    _fingerprint._MEMO.clear()
+    cache_keys._MEMO.clear()
     return fingerprint_folder(folder)
 
 
@@ -836,7 +833,7 @@ def test_fingerprint_changes_when_a_file_is_renamed(model_folder):
 
 
 def test_fingerprint_samples_large_weight_files(model_folder, monkeypatch):
-    monkeypatch.setattr(_fingerprint, "FULL_HASH_LIMIT", 8 * 2**20)
+    monkeypatch.setattr(cache_keys, "FULL_HASH_LIMIT", 8 * 2**20)
     weights = model_folder / "pytorch_model.bin"
     with open(weights, "wb") as handle:  # sparse: costs no disk
         handle.truncate(8 * 2**20)
@@ -865,13 +862,13 @@ def test_fingerprint_is_memoized_until_a_file_changes(model_folder, monkeypatch)
         os.utime(path, ns=(old, old))
     first = _fingerprint_fresh(model_folder)
     hashed: list[str] = []
-    original = _fingerprint._file_identity
+    original = cache_keys._file_digest
 
     def counting(path, status):
         hashed.append(path)
         return original(path, status)
 
-    monkeypatch.setattr(_fingerprint, "_file_identity", counting)
+    monkeypatch.setattr(cache_keys, "_file_digest", counting)
     assert fingerprint_folder(model_folder) == first
     assert hashed == [], "a second call must not read the files again"
     (model_folder / "config.json").write_text('{"d_model": 10}')
@@ -882,10 +879,10 @@ def test_fingerprint_is_memoized_until_a_file_changes(model_folder, monkeypatch)
 def test_fingerprint_of_recently_written_files_is_not_memoized(model_folder, monkeypatch):
     fingerprint_folder(model_folder)  # files were written just now
     hashed: list[str] = []
-    original = _fingerprint._file_identity
+    original = cache_keys._file_digest
     monkeypatch.setattr(
-        _fingerprint,
-        "_file_identity",
+        cache_keys,
+        "_file_digest",
         lambda path, status: hashed.append(path) or original(path, status),
     )
     fingerprint_folder(model_folder)
@@ -912,19 +909,3 @@ def test_fingerprint_errors_name_the_folder(tmp_path):
     (tmp_path / "only-readme" / "README.md").write_text("card")
     with pytest.raises(ValueError, match="only-readme"):
         fingerprint_folder(tmp_path / "only-readme")
-
-
-def test_hub_fingerprint_names_repository_and_commit():
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    assert hub_fingerprint("hkunlp/instructor-large", commit) == (
-        f"hub:hkunlp/instructor-large@{commit}"
-    )
-    assert hub_fingerprint("hkunlp/instructor-large", commit.upper()) == hub_fingerprint(
-        "hkunlp/instructor-large", commit
-    )
-
-
-@pytest.mark.parametrize("commit", ["main", "v1.0", "0123abc", ""])
-def test_hub_fingerprint_refuses_a_moving_revision(commit):
-    with pytest.raises(ValueError, match="40-character"):
-        hub_fingerprint("hkunlp/instructor-large", commit)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from sk_instructor import CheckpointError, ModelNotFoundError
-from sk_instructor._checkpoint import resolve_model
-from sk_instructor._device import resolve_device, resolve_dtype
-from sk_instructor._engine import EmbeddingModel
-from sk_instructor._registry import get_model
+from sk_instructor._engine.checkpoint import resolve_model
+from sk_instructor._engine.device import resolve_device, resolve_dtype
+from sk_instructor._engine.model import EmbeddingModel
+from sk_instructor._engine.registry import get_model
 from sk_instructor._testing import build_t5_checkpoint
 
 TEXTS = ["The Federal Reserve raised rates.", "A quick brown fox.", "", "word " * 100]
@@ -58,7 +58,7 @@ def test_checkpoint_without_dense_or_normalize(tmp_path):
     modules = json.loads((folder / "modules.json").read_text())[:2]
     (folder / "modules.json").write_text(json.dumps(modules))
     model = _load(folder)
-    assert model.embedding_dim == 32 and not model.checkpoint_normalizes
+    assert model.embedding_dim == 32
     raw = model.encode(["", ""], TEXTS[:2], normalize=False)
     np.testing.assert_allclose(raw, _sentence_transformers_reference(folder, TEXTS[:2]), atol=1e-5)
     unit = model.encode(["", ""], TEXTS[:2], normalize=True)
@@ -162,7 +162,7 @@ def test_hub_id_goes_through_snapshot_download_with_revision(tmp_path, monkeypat
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     resolved = resolve_model("org/tiny", revision="v1", local_files_only=True)
-    assert resolved.identity == "hub:org/tiny@0123abcd"
+    assert resolved.fingerprint == "hub:org/tiny@0123abcd"
     assert resolved.folder == snapshot
     repo_id, kwargs = calls[0]
     assert repo_id == "org/tiny" and kwargs["revision"] == "v1" and kwargs["local_files_only"]

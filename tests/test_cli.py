@@ -21,8 +21,8 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from sk_instructor import InstructorVectorizer  # noqa: E402
-from sk_instructor._chunked_output import ChunkedOutput  # noqa: E402
 from sk_instructor._cli import main  # noqa: E402
+from sk_instructor._cli.chunked_output import ChunkedOutput  # noqa: E402
 
 INSTRUCTION = "Represent the Science title: "
 _WORDS = (

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from reference_instructor import ReferenceInstructor
 
-from sk_instructor._registry import get_model
+from sk_instructor._engine.registry import get_model
 
 # "the" is a single piece of the tiny tokenizer (checked below), so this instruction is one
 # token plus </s>.

@@ -15,10 +15,10 @@ import pytest
 import torch
 from reference_instructor import ReferenceInstructor
 
-from sk_instructor import _engine
-from sk_instructor._batching import plan_batches
-from sk_instructor._checkpoint import resolve_model
-from sk_instructor._engine import EmbeddingModel, _split_blocks
+from sk_instructor._engine import model as engine_model
+from sk_instructor._engine.batching import plan_batches
+from sk_instructor._engine.checkpoint import resolve_model
+from sk_instructor._engine.model import EmbeddingModel, _split_blocks
 
 INSTRUCTIONS = ["Represent the Science title: ", "Represent the Medicine sentence for clustering: "]
 
@@ -72,9 +72,9 @@ def test_pipelined_path_equals_the_plain_path(tiny_t5_path, monkeypatch):
 
     model = _fresh_model(tiny_t5_path)
     monkeypatch.setattr(model, "_pipelined", True)
-    monkeypatch.setattr(_engine, "_FIRST_BLOCK_SIZE", 3)
-    monkeypatch.setattr(_engine, "_BLOCK_SIZE", 8)
-    monkeypatch.setattr(_engine, "_DEVICE_FLUSH_ROWS", 5)
+    monkeypatch.setattr(engine_model, "_FIRST_BLOCK_SIZE", 3)
+    monkeypatch.setattr(engine_model, "_BLOCK_SIZE", 8)
+    monkeypatch.setattr(engine_model, "_DEVICE_FLUSH_ROWS", 5)
     tokenized_in, batches, flushed = [], [], []
     real_tokenize, real_forward, real_flush = (
         model._tokenizer.tokenize,
@@ -131,8 +131,8 @@ def test_out_of_memory_on_the_pipelined_path_loses_no_row(tiny_t5_path, monkeypa
     expected = _fresh_model(tiny_t5_path).encode(instructions, texts, batch_size=1)
     model = _fresh_model(tiny_t5_path)
     monkeypatch.setattr(model, "_pipelined", True)
-    monkeypatch.setattr(_engine, "_FIRST_BLOCK_SIZE", 16)
-    monkeypatch.setattr(_engine, "_DEVICE_FLUSH_ROWS", 7)
+    monkeypatch.setattr(engine_model, "_FIRST_BLOCK_SIZE", 16)
+    monkeypatch.setattr(engine_model, "_DEVICE_FLUSH_ROWS", 7)
     real_forward = model._forward
     encoded = []
 
@@ -153,13 +153,13 @@ def test_unpadded_batches_run_without_attention_mask(tiny_t5_path, monkeypatch):
     model = _fresh_model(tiny_t5_path)
     texts = _same_length_texts(model, instruction, 4)
     masks = []
-    real_encoder = model._encoder
+    real_encoder = model.transformer.encoder
 
     def encoder(**kwargs):
         masks.append(kwargs["attention_mask"])
         return real_encoder(**kwargs)
 
-    monkeypatch.setattr(model, "_encoder", encoder)
+    monkeypatch.setattr(model.transformer, "encoder", encoder)
     got = model.encode([instruction] * 4, texts, token_budget=100_000)
     assert len(masks) == 1 and masks[0] is None
     reference = ReferenceInstructor(tiny_t5_path)
@@ -183,13 +183,13 @@ def test_unpadded_bert_batch_equals_sentence_transformers(minilm_path, minilm_se
 def test_encoder_runs_in_inference_mode(tiny_t5_path, monkeypatch):
     model = _fresh_model(tiny_t5_path)
     modes = []
-    real_encoder = model._encoder
+    real_encoder = model.transformer.encoder
 
     def encoder(**kwargs):
         modes.append(torch.is_inference_mode_enabled())
         return real_encoder(**kwargs)
 
-    monkeypatch.setattr(model, "_encoder", encoder)
+    monkeypatch.setattr(model.transformer, "encoder", encoder)
     model.encode(["", ""], ["a short text", "another one, longer than the first"])
     assert modes == [True]
 

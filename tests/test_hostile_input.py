@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 from sk_instructor import InstructorRetriever, InstructorVectorizer
-from sk_instructor._normalize import l2_normalize
-from sk_instructor._pooling import Pooling
+from sk_instructor._engine.stages.normalize import Normalize
+from sk_instructor._engine.stages.pooling import Pooling
 from sk_instructor._similarity import pair_similarity
 from sk_instructor._testing import build_t5_checkpoint
 
@@ -383,8 +383,10 @@ def test_pooling_an_empty_mask_and_normalizing_a_zero_vector_stay_finite():
     hidden = torch.randn(2, 5, 4)
     mask = torch.zeros(2, 5, dtype=torch.bool)
     for mode in ("mean", "mean_sqrt_len_tokens", "max", "cls", "lasttoken"):
-        assert torch.isfinite(Pooling(modes=(mode,), embedding_dim=4)(hidden, mask)).all()
-    zeros = l2_normalize(torch.zeros(3, 4))
+        features = {"token_embeddings": hidden, "pooling_mask": mask}
+        pooled = Pooling(modes=(mode,), hidden_size=4)(features)["sentence_embedding"]
+        assert torch.isfinite(pooled).all()
+    zeros = Normalize()({"sentence_embedding": torch.zeros(3, 4)})["sentence_embedding"]
     assert torch.equal(zeros, torch.zeros(3, 4))
 
 

@@ -20,7 +20,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from sk_instructor import InstructorVectorizer
 from sk_instructor._cache import MemoryCache
-from sk_instructor._registry import get_model
+from sk_instructor._engine.registry import get_model
 from sk_instructor._retrieval import InstructorRetriever
 from sk_instructor.metrics import make_retrieval_scorer
 

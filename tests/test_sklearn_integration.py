@@ -26,7 +26,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline, make_pipeline
 
 from sk_instructor import InstructorVectorizer
-from sk_instructor._engine import EmbeddingModel
+from sk_instructor._engine.model import EmbeddingModel
 
 TEXTS = [
     "Parton energy loss in QCD matter",
@@ -249,7 +249,9 @@ def test_grid_search_values_reach_the_encoder_in_process(
     original = EmbeddingModel.encode
 
     def spy(self, instructions, texts, **kwargs):
-        calls.extend((Path(self.folder).resolve(), instruction) for instruction in instructions)
+        calls.extend(
+            (Path(self._resolved.folder).resolve(), instruction) for instruction in instructions
+        )
         return original(self, instructions, texts, **kwargs)
 
     monkeypatch.setattr(EmbeddingModel, "encode", spy)

@@ -27,7 +27,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 import sk_instructor._vectorizer as vectorizer_module
 from sk_instructor import InstructorVectorizer
-from sk_instructor._registry import loaded_models
+from sk_instructor._engine.registry import loaded_models
 from sk_instructor._testing import build_t5_checkpoint
 
 TEXTS = [
@@ -55,7 +55,7 @@ def test_init_stores_parameters_and_loads_nothing(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("__init__ must not load a model")
 
-    monkeypatch.setattr("sk_instructor._registry.get_model", forbidden)
+    monkeypatch.setattr("sk_instructor._engine.registry.get_model", forbidden)
     vectorizer = InstructorVectorizer(
         "no/such-model", domain="Science", text_type="title", batch_size=0, dtype="float8"
     )
@@ -153,7 +153,7 @@ def test_max_seq_length_defaults_to_the_checkpoint_and_can_be_lowered(tiny_t5_pa
 
 
 def test_engine_parameters_reach_the_registry_and_the_encoder(tiny_t5_path, monkeypatch):
-    from sk_instructor import _registry
+    from sk_instructor._engine import registry as _registry
 
     registry_calls = []
     encode_calls = []

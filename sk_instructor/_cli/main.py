@@ -67,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     Examples
     --------
-    >>> from sk_instructor._cli import build_parser
+    >>> from sk_instructor._cli.main import build_parser
     >>> args = build_parser().parse_args(["embed", "in.csv", "-o", "out.parquet"])
     >>> args.column, args.chunk_size
     ('text', 8192)
     """
-    from . import __version__
-    from ._instruction import DEFAULT_TEMPLATE
+    from .. import __version__
+    from .._instruction import DEFAULT_TEMPLATE
 
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     --------
     >>> import tempfile, pathlib
     >>> import numpy as np
-    >>> from sk_instructor._cli import main
+    >>> from sk_instructor._cli.main import main
     >>> from sk_instructor._testing import build_t5_checkpoint
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> model = build_t5_checkpoint(folder / "model")
@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from ._chunked_output import ChunkedOutput, OutputError, input_identity
-    from ._table_input import InputError, open_table_input, require_pyarrow
+    from .chunked_output import ChunkedOutput, OutputError, input_identity
+    from .table_input import InputError, open_table_input, require_pyarrow
 
     require_pyarrow()
     input_path, output = Path(args.input), Path(args.output)
@@ -317,7 +317,7 @@ def _embed(args: argparse.Namespace) -> int:
         "columns": {"text": args.column, "id": args.id_column, "embedding": args.embedding_column},
         # Everything that changes a vector; batch size, device and cache do not.
         "settings": {
-            "model": engine.identity,
+            "model": engine.fingerprint,
             "instruction": vectorizer.instruction_,
             "max_seq_length": args.max_seq_length or engine.max_seq_length,
             "normalize": args.normalize,
@@ -406,7 +406,7 @@ def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> 
 
 
 def _build_vectorizer(args: argparse.Namespace):
-    from ._vectorizer import InstructorVectorizer
+    from .._vectorizer import InstructorVectorizer
 
     cache: str | Path | None = args.cache
     if args.cache.lower() == "none":
@@ -438,14 +438,14 @@ def _build_vectorizer(args: argparse.Namespace):
 def _provenance(args: argparse.Namespace, vectorizer) -> dict[str, str]:
     import json
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "sk_instructor": json.dumps(
             {
                 "version": __version__,
                 "model": str(args.model),
-                "model_fingerprint": vectorizer._engine().identity,
+                "model_fingerprint": vectorizer._engine().fingerprint,
                 "revision": args.revision,
                 "instruction": vectorizer.instruction_,
                 "normalize": args.normalize,
@@ -467,8 +467,8 @@ def _positive_int(value: str) -> int:
 
 
 def _describe(error: BaseException) -> str:
-    from ._chunked_output import OutputError
-    from ._table_input import InputError, one_line
+    from .chunked_output import OutputError
+    from .table_input import InputError, one_line
 
     if isinstance(error, (InputError, OutputError)):
         return one_line(error, limit=1000)
@@ -517,7 +517,3 @@ def _raise_on_sigterm() -> Any:
         return signal.signal(signal.SIGTERM, stop)
     except ValueError:  # not the main thread (e.g. main() called from a worker thread)
         return None
-
-
-if __name__ == "__main__":
-    sys.exit(main())

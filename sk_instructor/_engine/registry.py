@@ -11,9 +11,9 @@ import os
 import threading
 from pathlib import Path
 
-from ._checkpoint import resolve_model
-from ._device import resolve_device
-from ._engine import EmbeddingModel
+from .checkpoint import resolve_model
+from .device import resolve_device
+from .model import EmbeddingModel
 
 __all__ = ["clear_loaded_models", "get_model", "loaded_models"]
 

@@ -1,20 +1,9 @@
 """Finding a checkpoint and reading its sentence-transformers layout.
 
 A published INSTRUCTOR model is a folder (locally or on the Hugging Face hub) whose
-``modules.json`` lists the stages of the embedding pipeline, each stage in a subfolder:
-
-====================  =====================================  ======================
-stage                 folder                                 handled by
-====================  =====================================  ======================
-Transformer           ``""`` (root): config, tokenizer,      ``_transformer.py``
-                      weights, ``sentence_bert_config.json``
-Pooling               ``1_Pooling/config.json``              ``_pooling.py``
-Dense                 ``2_Dense/config.json`` + weights      ``_dense.py``
-Normalize             ``3_Normalize/`` (no files needed)     ``_normalize.py``
-====================  =====================================  ======================
-
-This module only locates the folder and validates the listing; each stage module loads its own
-folder.
+``modules.json`` lists the stages of the embedding pipeline, each in a subfolder (see
+``stages/``). This module only locates the folder, validates the listing and reads JSON
+files; each stage loads its own folder. It imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -25,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import CheckpointError, ModelNotFoundError
+from .._exceptions import CheckpointError, ModelNotFoundError
 
 __all__ = ["ResolvedModel", "StageSpec", "read_json", "read_stages", "resolve_model"]
 
@@ -68,13 +57,13 @@ class StageSpec:
 class ResolvedModel:
     """A checkpoint found on disk.
 
-    ``identity`` names the weights for cache keys: ``hub:<id>@<commit>`` for hub models (the
+    ``fingerprint`` names the weights for cache keys: ``hub:<id>@<commit>`` for hub models (the
     snapshot folder's commit hash), or ``None`` for a local folder, whose fingerprint is computed
     from its files only when a cache needs it.
     """
 
     folder: Path
-    identity: str | None
+    fingerprint: str | None
 
 
 def read_json(path: Path, *, what: str) -> Any:
@@ -138,7 +127,7 @@ def resolve_model(
     """
     path = Path(os.fspath(model)).expanduser()
     if path.is_dir():
-        return ResolvedModel(folder=path.resolve(), identity=None)
+        return ResolvedModel(folder=path.resolve(), fingerprint=None)
     text = os.fspath(model)
     if text.startswith((".", "/", "~")) or os.sep in text.replace("/", "") or text.count("/") > 1:
         raise ModelNotFoundError(f"model={text!r} looks like a folder path, but no such folder.")
@@ -186,4 +175,4 @@ def _download_from_hub(
         ) from exc
     folder_path = Path(folder)
     commit = folder_path.name  # snapshots/<commit hash>/
-    return ResolvedModel(folder=folder_path, identity=f"hub:{repo_id}@{commit}")
+    return ResolvedModel(folder=folder_path, fingerprint=f"hub:{repo_id}@{commit}")

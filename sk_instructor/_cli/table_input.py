@@ -173,7 +173,7 @@ def open_table_input(
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from sk_instructor._table_input import open_table_input
+    >>> from sk_instructor._cli.table_input import open_table_input
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "titles.csv"
     >>> _ = path.write_text("id,title\\n1,Dark matter\\n2,Parton energy loss\\n")
     >>> table_input = open_table_input(path, column="title", id_column="id")

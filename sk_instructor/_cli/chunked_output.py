@@ -56,7 +56,7 @@ def input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from sk_instructor._chunked_output import input_identity
+    >>> from sk_instructor._cli.chunked_output import input_identity
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "texts.csv"
     >>> _ = path.write_text("text\\nhello\\n")
     >>> sorted(input_identity(path))
@@ -84,7 +84,7 @@ class ChunkedOutput:
     --------
     >>> import tempfile, pathlib
     >>> import numpy as np, pyarrow as pa
-    >>> from sk_instructor._chunked_output import ChunkedOutput
+    >>> from sk_instructor._cli.chunked_output import ChunkedOutput
     >>> output = pathlib.Path(tempfile.mkdtemp()) / "vectors.npy"
     >>> with ChunkedOutput(output, {"chunk_size": 2}) as parts:
     ...     for index, rows in enumerate([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8]]]):

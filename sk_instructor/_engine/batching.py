@@ -12,16 +12,10 @@ import numpy as np
 
 __all__ = ["DEFAULT_TOKEN_BUDGET", "plan_batches"]
 
-# Padded tokens per batch.
-# CPU: measured with benchmarks/token_budget.py (all-MiniLM-L6-v2, 900 distinct real texts of
-# 11-256 tokens, 2 cores, each budget timed back to back on the same chunks). With little else
-# running (load average 2-3, our own two threads included) 1024 was fastest, 512 and 2048 3-4%
-# slower, 4096 16% and 16384 45% slower (larger matrices fall out of cache); with the machine
-# oversubscribed (load average ~4 on 2 cores) small
-# batches collapse (1024 ran at 0.50 of the best, 1536 at 0.93, 2048 at 0.83, 4096 at 0.93)
-# because every operator ends in a thread barrier. 1536 was fastest in the quiet round of that
-# run and within 7% of the best loaded: the default that is good in both.
-# Accelerators: larger batches keep the device busy; to be measured by benchmarks/gpu_check.sh.
+# Padded tokens per batch, per device type. The CPU figure is the best of
+# benchmarks/token_budget.py on the project's 2-core machines, quiet and loaded (the runs are
+# recorded in benchmarks/README.md); the accelerator figures are starting points that
+# benchmarks/gpu_check.sh measures.
 DEFAULT_TOKEN_BUDGET = {"cpu": 1536, "cuda": 65536, "mps": 16384}
 
 # The fixed cost of one forward pass (Python, kernel launches, thread start-up), in tokens, as a

@@ -1,13 +1,12 @@
 """The encoding engine: (instruction, text) pairs in, float32 embeddings out.
 
 Every component (the vectorizer, the retriever, the command line, the Ray integration) goes
-through :class:`EmbeddingModel.encode`. The path of a text, each step in its own module::
+through :meth:`EmbeddingModel.encode`. The path of a text, each step in its own module::
 
-    _tokenization (instruction + text, instruction mask)
-      -> _batching (length-sorted, token-budgeted batches)
-      -> encoder forward (_transformer)
-      -> _pooling -> _dense -> _normalize
-      -> _cache (store / reuse) -> float32 numpy rows in input order
+    tokenization (instruction + text, instruction mask)
+      -> batching (length-sorted, token-budgeted batches)
+      -> stages/: transformer -> pooling -> dense -> normalize
+      -> the embedding cache (store / reuse) -> float32 numpy rows in input order
 """
 
 from __future__ import annotations
@@ -19,21 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
-from ._batching import DEFAULT_TOKEN_BUDGET, plan_batches
-from ._checkpoint import ResolvedModel, read_stages
-from ._dense import load_dense
-from ._device import resolve_dtype
-from ._exceptions import CheckpointError
-from ._normalize import l2_normalize
-from ._pooling import load_pooling
-from ._tokenization import Tokenizer
-from ._transformer import load_transformer
+from .._cache.keys import fingerprint_folder, make_key
+from .batching import DEFAULT_TOKEN_BUDGET, plan_batches
+from .checkpoint import ResolvedModel, read_stages
+from .stages import STAGE_TYPES, Features, LoadSettings
+from .stages.normalize import Normalize
+from .stages.pooling import Pooling
+from .stages.transformer import Transformer
 
 if TYPE_CHECKING:
-    import torch
-
-    from ._cache import EmbeddingCache
+    from .._cache import EmbeddingCache
 
 __all__ = ["EmbeddingModel"]
 
@@ -52,42 +48,37 @@ _DEVICE_FLUSH_ROWS = 4096
 class EmbeddingModel:
     """A loaded sentence-transformers checkpoint ready to embed (instruction, text) pairs.
 
-    Obtain instances through ``sk_instructor._registry.get_model`` so that each checkpoint is
-    loaded once per process and shared.
+    Obtain instances through :func:`sk_instructor._engine.registry.get_model`, so that each
+    checkpoint is loaded once per process and shared.
+
+    The stages run in the order of the checkpoint's ``modules.json``, except that the
+    ``normalize`` argument of :meth:`encode` decides about unit length: ``True`` ends the chain
+    with a Normalize stage whether the checkpoint has one or not (cosine search needs unit
+    vectors), ``False`` leaves any Normalize stage out.
     """
 
     def __init__(self, resolved: ResolvedModel, *, device: str, dtype: str = "auto") -> None:
-
         self.device = device
         self._resolved = resolved
-        stages = read_stages(resolved.folder)
-        transformer, self.dtype = load_transformer(
-            stages[0].folder,
-            device=device,
-            dtype_for=lambda model_type: resolve_dtype(dtype, device, model_type),
-        )
-        self.model_type = transformer.model_type
-        self.max_seq_length = transformer.max_seq_length
-        self._encoder = transformer.model
-        self._tokenizer = Tokenizer(transformer.tokenizer, do_lower_case=transformer.do_lower_case)
-        self._pooling = None
-        self._dense: list[torch.nn.Module] = []
-        self.checkpoint_normalizes = False
-        width = transformer.hidden_size
-        for stage in stages[1:]:
-            if stage.kind == "pooling":
-                self._pooling = load_pooling(stage.folder, hidden_size=width)
-                width = self._pooling.output_dim
-            elif stage.kind == "dense":
-                dense = load_dense(stage.folder, in_features=width).to(device)
-                self._dense.append(dense)
-                width = dense[0].out_features
-            elif stage.kind == "normalize":
-                self.checkpoint_normalizes = True
-            else:  # pragma: no cover - read_stages only lets the kinds above through
-                raise CheckpointError(f"unexpected stage {stage.kind!r}")
-        self.embedding_dim = width
-        self._identity = resolved.identity
+        settings = LoadSettings(device=device, dtype=dtype)
+        stages = []
+        width = None
+        for spec in read_stages(resolved.folder):
+            stage = STAGE_TYPES[spec.kind].load(spec.folder, input_dim=width, settings=settings)
+            width = stage.output_dim or width
+            stages.append(stage)
+        self.transformer: Transformer = stages[0]
+        self._pooling: Pooling = next(stage for stage in stages if isinstance(stage, Pooling))
+        # The chain after the encoder, with the checkpoint's Normalize stages taken out:
+        # ``encode(normalize=...)`` decides whether one runs at the end.
+        self._later_stages = [stage for stage in stages[1:] if not isinstance(stage, Normalize)]
+        self._normalize = Normalize(width)
+        self.embedding_dim: int = width
+        self.dtype: torch.dtype = self.transformer.dtype
+        self.model_type = self.transformer.model_type
+        self.max_seq_length = self.transformer.max_seq_length
+        self._tokenizer = self.transformer.tokenizer
+        self._fingerprint = resolved.fingerprint
         # On an accelerator the CPU works ahead: it tokenizes the next block in a thread and
         # leaves results on the device, copied back in groups. On the CPU the two would only
         # compete for the same cores.
@@ -95,23 +86,16 @@ class EmbeddingModel:
         self._counter_lock = threading.Lock()
         self.n_encoded = 0
 
-    # -- identity, for cache keys ------------------------------------------------------------
     @property
-    def identity(self) -> str:
+    def fingerprint(self) -> str:
         """``hub:<id>@<commit>`` for hub models, a fingerprint of the files for local folders."""
-        if self._identity is None:
-            from ._fingerprint import fingerprint_folder
-
-            self._identity = fingerprint_folder(self._resolved.folder)
-        return self._identity
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint_folder(self._resolved.folder)
+        return self._fingerprint
 
     @property
     def pooling_description(self) -> str:
-        return "+".join(self._pooling.modes)
-
-    @property
-    def folder(self):
-        return self._resolved.folder
+        return self._pooling.description
 
     def instruction_length(self, instruction: str, max_seq_length: int | None = None) -> int:
         """Tokens of ``instruction`` that pooling leaves out (0 when the quirk masks nothing)."""
@@ -141,8 +125,6 @@ class EmbeddingModel:
         ``progress`` is an optional object with ``update(n)`` (e.g. a tqdm bar) advanced by
         the number of input rows whose vector is ready.
         """
-        import torch
-
         if len(instructions) != len(texts):
             raise ValueError(
                 f"{len(instructions)} instructions for {len(texts)} texts: give one per text."
@@ -210,8 +192,8 @@ class EmbeddingModel:
         checked against the encoder's position table (ValueError when it is too long)."""
         if max_seq_length is None:
             return self.max_seq_length
-        limit = getattr(self._encoder.config, "max_position_embeddings", None)
-        if isinstance(limit, int) and max_seq_length > limit:
+        limit = self.transformer.max_positions
+        if limit is not None and max_seq_length > limit:
             raise ValueError(
                 f"max_seq_length={max_seq_length} exceeds the {limit} positions this "
                 f"{self.model_type} encoder has."
@@ -220,10 +202,8 @@ class EmbeddingModel:
 
     # -- internals -----------------------------------------------------------------------------
     def _cache_keys(self, pairs: list[tuple[str, str]], *, max_len: int, normalize: bool):
-        from ._cache import make_key
-
         common = {
-            "model_fingerprint": self.identity,
+            "model_fingerprint": self.fingerprint,
             "max_seq_length": max_len,
             "dtype": str(self.dtype).replace("torch.", ""),
             "normalize": bool(normalize),
@@ -257,8 +237,6 @@ class EmbeddingModel:
 
     def _flush(self, pending, unique_vectors, keys, cache, counts, progress) -> None:
         """Copy finished vectors to the host, store them in the cache, advance the progress."""
-        import torch
-
         if not pending:
             return
         rows = np.concatenate([indices for indices, _ in pending])
@@ -277,11 +255,9 @@ class EmbeddingModel:
     ) -> torch.Tensor:
         """Run one batch; on an accelerator out-of-memory error, halve it and retry each half,
         so that a batch too large for the device costs time, never rows."""
-        import torch
-
         try:
             return self._forward(input_ids, instruction_lengths, normalize=normalize)
-        except _out_of_memory_errors() as exc:
+        except torch.cuda.OutOfMemoryError as exc:
             if len(input_ids) == 1:
                 raise MemoryError(
                     f"the {self.device} device ran out of memory on a single text of "
@@ -301,9 +277,7 @@ class EmbeddingModel:
     def _forward(
         self, input_ids: list[list[int]], instruction_lengths: np.ndarray, *, normalize: bool
     ) -> torch.Tensor:
-        """Pad one batch, run the encoder and the later stages; float32 vectors on the device."""
-        import torch
-
+        """Pad one batch and run it through every stage; float32 vectors on the device."""
         lengths = np.fromiter((len(row_ids) for row_ids in input_ids), np.int64, len(input_ids))
         width = int(lengths.max())
         ids = np.full((len(input_ids), width), self._tokenizer.pad_token_id, dtype=np.int64)
@@ -316,22 +290,20 @@ class EmbeddingModel:
             for array in (ids, lengths, np.asarray(instruction_lengths, dtype=np.int64))
         )
         positions = torch.arange(width, device=ids_t.device)
-        attention_t = positions[None, :] < lengths_t[:, None]
-        # The encoder sees the instruction; pooling does not (rule 6 of the reference).
-        pooling_t = attention_t & (positions[None, :] >= skipped_t[:, None])
-        # A batch without padding (common: batches are length-sorted) needs no attention mask.
-        # Saying so here spares transformers a device-to-host check of the mask (a
-        # synchronisation on accelerators) and lets attention take its unmasked kernel.
-        padded = bool(lengths.min() < width)
-        hidden = self._encoder(
-            input_ids=ids_t, attention_mask=attention_t.long() if padded else None
-        ).last_hidden_state
-        vectors = self._pooling(hidden, pooling_t)
-        for dense in self._dense:
-            vectors = dense(vectors)
+        attention = positions[None, :] < lengths_t[:, None]
+        features: Features = {
+            "input_ids": ids_t,
+            # A batch without padding (common: batches are length-sorted) needs no mask.
+            "attention_mask": attention if lengths.min() < width else None,
+            # The encoder sees the instruction; pooling does not (rule 6 of the reference).
+            "pooling_mask": attention & (positions[None, :] >= skipped_t[:, None]),
+        }
+        features = self.transformer(features)
+        for stage in self._later_stages:
+            features = stage(features)
         if normalize:
-            vectors = l2_normalize(vectors)
-        return vectors.float()
+            features = self._normalize(features)
+        return features["sentence_embedding"].float()
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device == "cpu":
@@ -353,14 +325,3 @@ def _split_blocks(todo: np.ndarray, *, pipelined: bool) -> list[np.ndarray]:
         start += size
         size = min(size * 2, _BLOCK_SIZE)
     return blocks
-
-
-def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
-    import torch
-
-    errors: list[type[BaseException]] = []
-    for owner, name in ((torch, "OutOfMemoryError"), (torch.cuda, "OutOfMemoryError")):
-        error = getattr(owner, name, None)
-        if isinstance(error, type) and error not in errors:
-            errors.append(error)
-    return tuple(errors)

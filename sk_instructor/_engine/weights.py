@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ._checkpoint import read_json
-from ._exceptions import CheckpointError
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
-if TYPE_CHECKING:
-    import torch
+from .._exceptions import CheckpointError
+from .checkpoint import read_json
 
 __all__ = ["find_weight_files", "load_state_dict"]
 
@@ -62,14 +62,9 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    import torch
-
     if not path.is_file():
         raise CheckpointError(f"weight file {path} listed by the checkpoint is missing.")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:

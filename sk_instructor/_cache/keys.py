@@ -1,25 +1,149 @@
-"""Identity of the weights an embedding was computed with.
+"""Cache keys: one per (weights, instruction, settings, text), never shared by two of them.
 
-The embedding cache keys every vector by a model fingerprint, so that two different
-checkpoints never share entries and a checkpoint edited in place stops matching its old
-entries. A Hub model is identified by its commit; a local folder by what it contains.
+:func:`make_key` hashes everything that shapes a vector into a hex key. The weights enter it
+as a fingerprint: a hub model's commit (``hub:<id>@<commit>``, given by the hub download), or
+:func:`fingerprint_folder` of a local folder, computed from what its files hold.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import numbers
 import os
-import re
 import struct
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["FINGERPRINT_VERSION", "fingerprint_folder", "hub_fingerprint"]
+import numpy as np
 
-# Bump when the recipe below changes, so that old fingerprints (and cache keys) stop matching.
+__all__ = ["CACHE_FORMAT_VERSION", "FINGERPRINT_VERSION", "fingerprint_folder", "make_key"]
+
+# Part of every key: bump it whenever the meaning of a stored vector changes (pooling code,
+# precision, layout) so that old entries simply stop matching instead of being served.
+CACHE_FORMAT_VERSION = 1
+_KEY_DOMAIN = b"sk_instructor/embedding-key\x00"
+
+# Bump when the folder fingerprint's recipe changes, so that old fingerprints (and keys) stop
+# matching.
 FINGERPRINT_VERSION = 1
+
+
+def _bytes_field(raw: bytes) -> bytes:
+    # Length-prefixed so that no two field sequences share an encoding ("a"+"bc" != "ab"+"c").
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _text_field(value: str) -> bytes:
+    # "surrogatepass" keeps the encoding injective for strings holding lone surrogates, which
+    # text read from badly decoded files sometimes does.
+    return _bytes_field(value.encode("utf-8", "surrogatepass"))
+
+
+def _check_text_field(name: str, value: object, *, allow_empty: bool) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"make_key: {name} must be a str, got {type(value).__name__} {value!r}")
+    if not allow_empty and not value:
+        raise ValueError(f"make_key: {name} must be a non-empty str, got ''")
+    return str(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _key_prefix(
+    model_fingerprint: str,
+    instruction: str,
+    max_seq_length: int,
+    dtype: str,
+    normalize: bool,
+    pooling: str,
+) -> Any:
+    # The engine keys thousands of texts under the same settings; hashing the shared prefix
+    # once and copying the hash state makes a key cost one short update per text.
+    prefix = hashlib.sha256(_KEY_DOMAIN)
+    prefix.update(struct.pack("<I", CACHE_FORMAT_VERSION))
+    for value in (
+        model_fingerprint,
+        instruction,
+        str(max_seq_length),
+        dtype,
+        "1" if normalize else "0",
+        pooling,
+    ):
+        prefix.update(_text_field(value))
+    return prefix
+
+
+def make_key(
+    *,
+    model_fingerprint: str,
+    instruction: str,
+    max_seq_length: int,
+    dtype: str,
+    normalize: bool,
+    pooling: str,
+    text: str,
+) -> str:
+    """Return the cache key of one text encoded under the given settings.
+
+    The key is the hex SHA-256 of an unambiguous (length-prefixed) encoding of
+    :data:`CACHE_FORMAT_VERSION` and every field, so changing any field, or moving
+    characters from one field to the next, gives a different key.
+
+    Parameters
+    ----------
+    model_fingerprint : str
+        What names the weights: ``hub:<id>@<commit>`` for a hub model, or
+        :func:`fingerprint_folder` of a local folder.
+    instruction : str
+        The instruction prepended to the text (may be empty).
+    max_seq_length : int
+        Truncation length in tokens.
+    dtype : str
+        Precision the encoder ran in, e.g. ``"float32"``.
+    normalize : bool
+        Whether vectors are L2-normalized.
+    pooling : str
+        Pooling mode, e.g. ``"mean"``.
+    text : str
+        The text itself.
+
+    Returns
+    -------
+    str
+        64 lowercase hexadecimal characters.
+
+    Examples
+    --------
+    >>> from sk_instructor._cache import make_key
+    >>> key = make_key(model_fingerprint="hub:org/model@" + "0" * 40,
+    ...                instruction="Represent the sentence:", max_seq_length=512,
+    ...                dtype="float32", normalize=True, pooling="mean", text="hello")
+    >>> len(key)
+    64
+    """
+    model_fingerprint = _check_text_field("model_fingerprint", model_fingerprint, allow_empty=False)
+    instruction = _check_text_field("instruction", instruction, allow_empty=True)
+    dtype = _check_text_field("dtype", dtype, allow_empty=False)
+    pooling = _check_text_field("pooling", pooling, allow_empty=False)
+    text = _check_text_field("text", text, allow_empty=True)
+    if (
+        isinstance(max_seq_length, (bool, np.bool_))
+        or not isinstance(max_seq_length, numbers.Integral)
+        or max_seq_length <= 0
+    ):
+        raise TypeError(f"make_key: max_seq_length must be a positive int, got {max_seq_length!r}")
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"make_key: normalize must be a bool, got {normalize!r}")
+    digest = _key_prefix(
+        model_fingerprint, instruction, int(max_seq_length), dtype, bool(normalize), pooling
+    ).copy()
+    digest.update(_text_field(text))
+    return digest.hexdigest()
+
+
+# -- local folders ----------------------------------------------------------------------------
 
 # Files below this size are hashed in full. Hashing a 1.3 GB weight file in full costs
 # seconds at every process start, so larger files are identified by sampling instead.
@@ -31,16 +155,9 @@ _READ_CHUNK = 2**20
 # "racy clean" problem git also guards against).
 _RACY_WINDOW_NS = 2 * 10**9
 
-_HUB_COMMIT = re.compile(r"[0-9a-f]{40}")
-
 # resolved folder -> (stat signature of every file, fingerprint); one entry per folder.
 _MEMO: dict[str, tuple[tuple[tuple[object, ...], ...], str]] = {}
 _MEMO_LOCK = threading.Lock()
-
-
-def _field(raw: bytes) -> bytes:
-    # Length-prefixed so that a path and a digest can never run into each other.
-    return struct.pack("<Q", len(raw)) + raw
 
 
 def _is_skipped(name: str) -> bool:
@@ -53,7 +170,7 @@ def _model_files(root: Path) -> list[tuple[str, str, os.stat_result]]:
     """Return ``(relative posix path, absolute path, stat)`` of every file that counts."""
 
     def raise_error(error: OSError) -> None:
-        # Skipping an unreadable subfolder would silently leave its files out of the identity.
+        # Skipping an unreadable subfolder would silently leave its files out of the fingerprint.
         raise error
 
     files = []
@@ -90,13 +207,13 @@ def _sha256_of_range(handle: BinaryIO, start: int, length: int) -> bytes:
     return digest.digest()
 
 
-def _file_identity(path: str, status: os.stat_result) -> bytes:
+def _file_digest(path: str, status: os.stat_result) -> bytes:
     size = status.st_size
     with open(path, "rb") as handle:
         if size < FULL_HASH_LIMIT:
             return b"full:" + _sha256_of_range(handle, 0, size)
         # A fine-tune can rewrite only middle tensors and keep the size, the header (first
-        # MiB) and the last tensors, so the modification time is part of the identity too:
+        # MiB) and the last tensors, so the modification time is part of the fingerprint too:
         # touching a large weight file costs a cache miss, never a wrong vector.
         head = _sha256_of_range(handle, 0, _SAMPLE_BYTES)
         tail = _sha256_of_range(handle, max(0, size - _SAMPLE_BYTES), _SAMPLE_BYTES)
@@ -104,7 +221,7 @@ def _file_identity(path: str, status: os.stat_result) -> bytes:
 
 
 def fingerprint_folder(path: str | os.PathLike[str]) -> str:
-    """Return the identity of a local model folder.
+    """Return the fingerprint of a local model folder: what its files hold.
 
     Every file counts (relative path and content) except ``README.md`` and hidden files or
     folders (``.git``, ``.gitattributes``, ...). Files under 64 MiB (configs, tokenizer,
@@ -138,7 +255,7 @@ def fingerprint_folder(path: str | os.PathLike[str]) -> str:
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from sk_instructor._fingerprint import fingerprint_folder
+    >>> from sk_instructor._cache.keys import fingerprint_folder
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     _ = (pathlib.Path(folder) / "config.json").write_text('{"hidden_size": 8}')
     ...     fingerprint = fingerprint_folder(folder)
@@ -173,8 +290,8 @@ def fingerprint_folder(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256(b"sk_instructor/model-folder\x00")
     digest.update(struct.pack("<I", FINGERPRINT_VERSION))
     for relative, absolute, status in files:
-        digest.update(_field(relative.encode("utf-8", "surrogateescape")))
-        digest.update(_field(_file_identity(absolute, status)))
+        digest.update(_bytes_field(relative.encode("utf-8", "surrogateescape")))
+        digest.update(_bytes_field(_file_digest(absolute, status)))
     fingerprint = f"folder:{digest.hexdigest()}"
 
     newest = max(status.st_mtime_ns for _, _, status in files)
@@ -182,38 +299,3 @@ def fingerprint_folder(path: str | os.PathLike[str]) -> str:
         with _MEMO_LOCK:
             _MEMO[str(root)] = (signature, fingerprint)
     return fingerprint
-
-
-def hub_fingerprint(repo_id: str, commit: str) -> str:
-    """Return the identity of a Hugging Face Hub model at one commit.
-
-    Parameters
-    ----------
-    repo_id : str
-        Repository id, e.g. ``"hkunlp/instructor-large"``.
-    commit : str
-        The full 40-character commit hash the files were downloaded from. A branch or tag
-        name (``"main"``) moves, so it cannot identify weights and is refused.
-
-    Returns
-    -------
-    str
-        ``"hub:{repo_id}@{commit}"``.
-
-    Examples
-    --------
-    >>> from sk_instructor._fingerprint import hub_fingerprint
-    >>> hub_fingerprint("hkunlp/instructor-base", "a" * 40)
-    'hub:hkunlp/instructor-base@aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'
-    """
-    if not isinstance(repo_id, str) or not repo_id or "@" in repo_id:
-        raise ValueError(
-            f"hub_fingerprint: repo_id must be a non-empty Hub repository id such as "
-            f"'hkunlp/instructor-large', got {repo_id!r}"
-        )
-    if not isinstance(commit, str) or not _HUB_COMMIT.fullmatch(commit.lower()):
-        raise ValueError(
-            f"hub_fingerprint: commit must be a full 40-character hexadecimal commit hash "
-            f"(a branch or tag name moves, so it cannot identify weights), got {commit!r}"
-        )
-    return f"hub:{repo_id}@{commit.lower()}"

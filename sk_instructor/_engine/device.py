@@ -6,10 +6,7 @@ prefer, and which dtype each encoder family survives in.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
+import torch
 
 __all__ = ["resolve_device", "resolve_dtype"]
 
@@ -27,8 +24,6 @@ def resolve_device(device: str) -> str:
     ``"cuda"``, ``"cuda:1"``, ``"mps"``) are checked against what this machine has, so that a
     request for a missing GPU fails here with a readable message instead of deep inside torch.
     """
-    import torch
-
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -64,8 +59,6 @@ def resolve_dtype(dtype: str, device: str, model_type: str) -> torch.dtype:
     bfloat16 on accelerators for T5-family encoders (float16 overflows them), float16 on
     accelerators for everything else. Embeddings are always returned as float32 whatever this is.
     """
-    import torch
-
     if dtype not in _DTYPE_NAMES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {_DTYPE_NAMES}.")
     if dtype == "auto":

@@ -1,0 +1,510 @@
+"""The on-disk embedding cache: one SQLite file shared by processes and later sessions.
+
+Everything stored here can be recomputed, so the cache never stops the embedding: a damaged
+file is moved aside and started afresh, and a location that cannot be used (read-only, full, a
+database stuck past its lock timeout) turns the lookup or the store into a no-op; each with a
+warning, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .._warnings import warn
+from .base import EmbeddingCache
+
+__all__ = ["DiskCache"]
+
+_DEFAULT_DB_NAME = "embeddings.sqlite3"
+_DB_SUFFIXES = frozenset({".sqlite3", ".sqlite", ".db"})
+# SQLite builds before 3.32 allow at most 999 bound parameters per statement.
+_SQL_CHUNK = 900
+# Version of the on-disk schema (``PRAGMA user_version``); a store written with another
+# schema is rebuilt rather than misread.
+_SCHEMA_VERSION = 1
+# SQLITE_CORRUPT and SQLITE_NOTADB: the file itself is damaged, as opposed to busy or locked.
+_CORRUPTION_CODES = frozenset({11, 26})
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS embeddings (
+    key TEXT PRIMARY KEY,
+    dim INTEGER NOT NULL,
+    crc INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    entries INTEGER NOT NULL,
+    nbytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO usage (id, entries, nbytes) VALUES (0, 0, 0);
+CREATE TRIGGER IF NOT EXISTS embeddings_counted_insert AFTER INSERT ON embeddings BEGIN
+    UPDATE usage SET entries = entries + 1, nbytes = nbytes + length(NEW.vector) WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS embeddings_counted_delete AFTER DELETE ON embeddings BEGIN
+    UPDATE usage SET entries = entries - 1, nbytes = nbytes - length(OLD.vector) WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS embeddings_counted_update AFTER UPDATE OF vector ON embeddings BEGIN
+    UPDATE usage SET nbytes = nbytes + length(NEW.vector) - length(OLD.vector) WHERE id = 0;
+END;
+PRAGMA user_version = {_SCHEMA_VERSION};
+"""
+
+# Connections inherited through fork are kept referenced, never closed: SQLite must not touch a
+# connection that another process opened (https://sqlite.org/howtocorrupt.html, section 2.6).
+_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
+
+_T = TypeVar("_T")
+
+
+class _Damaged(Exception):
+    """The database file is unreadable as a store of this version (raised inside only)."""
+
+
+class DiskCache(EmbeddingCache):
+    """Embedding cache in a SQLite file, shared by processes and later sessions.
+
+    ``path`` names a directory, created on first use, that holds the database file
+    ``embeddings.sqlite3`` (plus SQLite's ``-wal`` / ``-shm`` files). A path that is an
+    existing file, or ends in ``.sqlite3``, ``.sqlite`` or ``.db``, is taken as the database
+    file itself.
+
+    Safe for concurrent readers and writers across threads and processes (e.g.
+    ``GridSearchCV(n_jobs=2)`` workers): the database runs in WAL mode, so readers never
+    wait for writers; writers wait up to ``timeout`` seconds for each other; each
+    :meth:`put_many` is one transaction, so a process killed mid-write leaves either the
+    whole batch or none of it. Each process opens its own connection on first use (again
+    after a fork or unpickling); threads of a process share it under a lock.
+
+    The cache never stops an embedding: every vector in it can be recomputed. A damaged file
+    (``sqlite3.DatabaseError``, a failed ``PRAGMA quick_check``, another schema) is moved
+    aside to ``<file>.corrupt`` and replaced by an empty store; a location that cannot be used
+    (a read-only or full disk, a database locked past ``timeout``) skips the lookup or the
+    store. Each is said once by a ``RuntimeWarning``, and the engine returns correct vectors,
+    just uncached. A stored row whose size or checksum does not match is never served: it
+    counts as a miss and the next :meth:`put_many` of that key overwrites it.
+
+    ``copy.deepcopy`` and ``sklearn.base.clone`` return the same object; pickling keeps only
+    the path and settings, and unpickling in a process gives that process's shared
+    ``DiskCache`` for them. ``hits``, ``misses`` and ``encoded`` in :meth:`stats` count this
+    process's calls; ``entries`` and ``nbytes`` describe the shared file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Directory of the store, or the database file itself (see above). ``~`` is expanded
+        and a relative path is made absolute now, against the current directory.
+    max_bytes : int or None, default=None
+        Bound on the bytes of stored vectors. ``None``, the default, never evicts: the
+        store grows until :meth:`clear` or deletion of the file. When set, the entries
+        written longest ago are evicted first (first in, first out: lookups do not refresh
+        an entry on disk, so that reading never takes the write lock).
+    timeout : float, default=60.0
+        Seconds a writer waits for another process's transaction before giving up.
+    check_on_open : bool, default=True
+        Run ``PRAGMA quick_check`` when a process opens the file. It reads the whole file
+        once, about a second per GB; ``False`` skips it and relies on errors seen during
+        use to detect damage.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The database file.
+
+    See Also
+    --------
+    MemoryCache : The in-process default.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from sk_instructor import DiskCache
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     writer = DiskCache(folder)
+    ...     writer.put_many(["k1"], np.arange(3, dtype=np.float32).reshape(1, 3))
+    ...     reader = DiskCache(folder)  # another object, as in another process
+    ...     (vector,) = reader.get_many(["k1"])
+    ...     writer.close()
+    ...     reader.close()
+    >>> vector
+    array([0., 1., 2.], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int | None = None,
+        timeout: float = 60.0,
+        check_on_open: bool = True,
+    ) -> None:
+        if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+            raise TypeError(
+                f"DiskCache: path must be a str or os.PathLike, got {type(path).__name__} {path!r}"
+            )
+        if not os.fspath(path):
+            raise ValueError("DiskCache: path must not be empty")
+        if max_bytes is not None and (
+            isinstance(max_bytes, (bool, np.bool_))
+            or not isinstance(max_bytes, numbers.Integral)
+            or max_bytes < 0
+        ):
+            raise ValueError(
+                f"DiskCache: max_bytes must be None or a non-negative int, got {max_bytes!r}"
+            )
+        if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or timeout < 0:
+            raise ValueError(f"DiskCache: timeout must be a non-negative number, got {timeout!r}")
+        super().__init__()
+        self.path = _database_file(path)
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
+        self.timeout = float(timeout)
+        self.check_on_open = bool(check_on_open)
+        self._connection: sqlite3.Connection | None = None
+        self._connection_pid: int | None = None
+
+    def __repr__(self) -> str:
+        settings = "".join(
+            f", {name}={value!r}"
+            for name, value, default in (
+                ("max_bytes", self.max_bytes, None),
+                ("timeout", self.timeout, 60.0),
+                ("check_on_open", self.check_on_open, True),
+            )
+            if value != default
+        )
+        return f"{type(self).__name__}({str(self.path)!r}{settings})"
+
+    def __reduce__(self) -> tuple[Callable[..., DiskCache], tuple[Any, ...]]:
+        return _shared_disk_cache, (
+            str(self.path),
+            self.max_bytes,
+            self.timeout,
+            self.check_on_open,
+        )
+
+    # -- public ----------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Remove every stored vector from the file (for all processes sharing it)."""
+
+        def delete_all(connection: sqlite3.Connection) -> None:
+            with _write_transaction(connection):
+                connection.execute("DELETE FROM embeddings")
+
+        with self._lock:
+            self._run(delete_all, "clear")
+
+    def close(self) -> None:
+        """Close this process's connection; the next call opens the file again."""
+        with self._lock:
+            if self._connection is not None and self._connection_pid == os.getpid():
+                with contextlib.suppress(sqlite3.Error):
+                    self._connection.close()
+            elif self._connection is not None:
+                _INHERITED_CONNECTIONS.append(self._connection)
+            self._connection = None
+            self._connection_pid = None
+
+    # -- EmbeddingCache hooks --------------------------------------------------------------
+
+    def _lookup(self, keys: list[str]) -> list[np.ndarray | None]:
+        positions: dict[str, list[int]] = {}
+        for index, key in enumerate(keys):
+            positions.setdefault(key, []).append(index)
+        unique = list(positions)
+
+        def select(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = []
+            for start in range(0, len(unique), _SQL_CHUNK):
+                chunk = unique[start : start + _SQL_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows += connection.execute(
+                    f"SELECT key, dim, crc, vector FROM embeddings WHERE key IN ({marks})", chunk
+                ).fetchall()
+            return rows
+
+        found: list[np.ndarray | None] = [None] * len(keys)
+        damaged = 0
+        for key, dim, crc, blob in self._run(select, "read from") or ():
+            vector = _decode_vector(dim, crc, blob)
+            if vector is None:
+                damaged += 1
+                continue
+            for index in positions.get(key, ()):
+                found[index] = vector
+        if damaged:
+            warn(
+                f"ignored {damaged} damaged entries in the embedding cache {self.path}; they "
+                f"count as misses and are overwritten when stored again",
+                RuntimeWarning,
+                cause=("damaged cache entries", str(self.path)),
+            )
+        return found
+
+    def _store(self, keys: list[str], vectors: np.ndarray) -> None:
+        records = [
+            (key, *_encode_vector(row))
+            for key, row in zip(keys, vectors, strict=True)
+            if self.max_bytes is None or row.nbytes <= self.max_bytes
+        ]
+        if not records:
+            return
+
+        def write(connection: sqlite3.Connection) -> None:
+            with _write_transaction(connection):
+                # DELETE then INSERT rather than INSERT OR REPLACE, whose implicit delete would
+                # not fire the trigger that keeps the usage counts.
+                connection.executemany(
+                    "DELETE FROM embeddings WHERE key = ?", [(record[0],) for record in records]
+                )
+                connection.executemany(
+                    "INSERT INTO embeddings (key, dim, crc, vector) VALUES (?, ?, ?, ?)", records
+                )
+                if self.max_bytes is not None:
+                    _evict_oldest(connection, self.max_bytes)
+
+        self._run(write, f"write {len(records)} vectors to")
+
+    def _size(self) -> tuple[int, int]:
+        def read_usage(connection: sqlite3.Connection) -> tuple[int, int]:
+            entries, nbytes = connection.execute(
+                "SELECT entries, nbytes FROM usage WHERE id = 0"
+            ).fetchone()
+            return int(entries), int(nbytes)
+
+        return self._run(read_usage, "read the size of") or (0, 0)
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def _run(self, operation: Callable[[sqlite3.Connection], _T], doing: str) -> _T | None:
+        """Run ``operation`` on this process's connection; ``None`` when the cache cannot.
+
+        A damaged file is rebuilt once and the operation retried; any other failure (a full or
+        read-only disk, a lock held past ``timeout``) is warned about and skipped.
+        """
+        try:
+            try:
+                return operation(self._connect())
+            except (sqlite3.DatabaseError, _Damaged) as error:
+                if not _is_damage(error):
+                    raise
+                self._rebuild(error)
+                return operation(self._connect())
+        except (sqlite3.Error, OSError, _Damaged) as error:
+            warn(
+                f"could not {doing} the embedding cache {self.path} ({error}); the embedding "
+                f"goes on without it",
+                RuntimeWarning,
+                cause=("disk cache", str(self.path), type(error).__name__, str(error)),
+            )
+            return None
+
+    def _connect(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        if self._connection is not None and self._connection_pid == pid:
+            return self._connection
+        if self._connection is not None:  # inherited through fork
+            _INHERITED_CONNECTIONS.append(self._connection)
+            self._connection = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(
+            self.path,
+            timeout=self.timeout,
+            isolation_level=None,  # transactions are opened explicitly
+            check_same_thread=False,  # shared by this process's threads under a lock
+        )
+        try:
+            self._prepare(connection)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+            raise
+        self._connection, self._connection_pid = connection, pid
+        return connection
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        # Only takes effect while the file is still empty. A 768-float32 row (3 KiB) would fill
+        # most of a default 4 KiB page on its own; 16 KiB pages hold five, so the file is about
+        # 10% larger than the vectors instead of 35%.
+        connection.execute("PRAGMA page_size = 16384")
+        # WAL lets readers proceed while one process writes; it is a property of the file.
+        # NORMAL sync is crash-safe for a killed process in WAL mode (only a power loss may drop
+        # the latest commits, never tear one).
+        mode = _retry_while_locked(
+            lambda: connection.execute("PRAGMA journal_mode=WAL").fetchone()[0], self.timeout
+        )
+        if str(mode).lower() != "wal":
+            raise OSError(f"cannot use WAL mode (got {mode!r}); it needs a local file system")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        if self.check_on_open:
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise _Damaged("PRAGMA quick_check: " + "; ".join(map(str, problems[:3])))
+        if connection.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION:
+            return
+        with _write_transaction(connection):
+            # Read again under the write lock: another process may have created it meanwhile.
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            tables = connection.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+            ).fetchone()[0]
+            if version == _SCHEMA_VERSION:
+                return
+            if version != 0 or tables:
+                raise _Damaged(
+                    f"schema version {version} with {tables} tables, expected version "
+                    f"{_SCHEMA_VERSION} (written by another version of sk_instructor?)"
+                )
+            _run_script(connection, _SCHEMA)
+
+    def _rebuild(self, error: BaseException) -> None:
+        """Move the damaged file aside, unless another process has replaced it already."""
+        self.close()
+        with contextlib.suppress(sqlite3.Error, OSError, _Damaged):
+            # Another process that found the same damage may have rebuilt the file already.
+            if self._connect().execute("PRAGMA quick_check").fetchone()[0] == "ok":
+                return
+        self.close()
+        aside = self.path.with_name(self.path.name + ".corrupt")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path, aside)
+        # The write-ahead log belongs to the damaged file; left in place, SQLite would replay
+        # it into the new, empty one.
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+        warn(
+            f"the embedding cache {self.path} was damaged ({error}); moved it to {aside} and "
+            f"started an empty cache",
+            RuntimeWarning,
+        )
+
+
+def _is_damage(error: BaseException) -> bool:
+    if isinstance(error, _Damaged):
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _CORRUPTION_CODES
+    # Python < 3.11 has no error codes; corruption surfaces as the base class itself.
+    return type(error) is sqlite3.DatabaseError
+
+
+def _retry_while_locked(step: Callable[[], _T], timeout: float) -> _T:
+    # Changing the journal mode needs an exclusive lock and SQLite does not wait for it with
+    # the busy timeout, so two processes opening a new file at once would fail: retry instead.
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+def _encode_vector(row: np.ndarray) -> tuple[int, int, bytes]:
+    blob = np.ascontiguousarray(row, dtype="<f4").tobytes()
+    return row.shape[0], zlib.crc32(blob), blob
+
+
+def _decode_vector(dim: object, crc: object, blob: object) -> np.ndarray | None:
+    # A row that does not match its own dimension and checksum is never served: SQLite
+    # guarantees atomic transactions but not that the bytes on disk stay intact.
+    if not isinstance(dim, int) or not isinstance(blob, bytes) or dim <= 0:
+        return None
+    if len(blob) != 4 * dim or zlib.crc32(blob) != crc:
+        return None
+    vector = np.frombuffer(blob, dtype="<f4").astype(np.float32, copy=False)
+    vector.flags.writeable = False
+    return vector
+
+
+def _run_script(connection: sqlite3.Connection, script: str) -> None:
+    # ``executescript`` would COMMIT the surrounding transaction first; statements are run one
+    # by one instead so that schema creation stays inside the caller's write transaction.
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            connection.execute(statement)
+            statement = ""
+
+
+@contextlib.contextmanager
+def _write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front: a deferred transaction that later upgrades
+    # from read to write can fail with SQLITE_BUSY without waiting for the busy timeout.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _evict_oldest(connection: sqlite3.Connection, max_bytes: int) -> None:
+    (nbytes,) = connection.execute("SELECT nbytes FROM usage WHERE id = 0").fetchone()
+    excess = int(nbytes) - max_bytes
+    if excess <= 0:
+        return
+    doomed: list[int] = []
+    for rowid, size in connection.execute(
+        "SELECT rowid, length(vector) FROM embeddings ORDER BY rowid"
+    ):
+        doomed.append(rowid)
+        excess -= size
+        if excess <= 0:
+            break
+    for start in range(0, len(doomed), _SQL_CHUNK):
+        chunk = doomed[start : start + _SQL_CHUNK]
+        connection.execute(
+            f"DELETE FROM embeddings WHERE rowid IN ({','.join('?' * len(chunk))})", chunk
+        )
+
+
+def _database_file(path: str | os.PathLike[str]) -> Path:
+    location = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    if location.is_file() or location.suffix.lower() in _DB_SUFFIXES:
+        return location
+    return location / _DEFAULT_DB_NAME
+
+
+_DISK_CACHES: dict[tuple[str, int | None, float, bool], DiskCache] = {}
+_DISK_CACHES_LOCK = threading.Lock()
+
+
+def _shared_disk_cache(
+    path: str | os.PathLike[str],
+    max_bytes: int | None = None,
+    timeout: float = 60.0,
+    check_on_open: bool = True,
+) -> DiskCache:
+    """The process's one :class:`DiskCache` for a file and settings.
+
+    Every clone and every unpickled copy then shares one connection and one set of counters.
+    """
+    key = (str(_database_file(path)), max_bytes, float(timeout), bool(check_on_open))
+    with _DISK_CACHES_LOCK:
+        cache = _DISK_CACHES.get(key)
+        if cache is None:
+            cache = DiskCache(
+                key[0], max_bytes=max_bytes, timeout=timeout, check_on_open=check_on_open
+            )
+            _DISK_CACHES[key] = cache
+        return cache

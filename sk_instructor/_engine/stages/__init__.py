@@ -1,0 +1,70 @@
+"""The stages of a sentence-transformers checkpoint: one module each, one protocol for all.
+
+A checkpoint's ``modules.json`` lists its stages in order, each in a subfolder, and each stage
+type below loads its own folder:
+
+=============  =============================================  ===================
+stage          folder                                         module
+=============  =============================================  ===================
+Transformer    ``""`` (root): config, tokenizer, weights,      ``transformer.py``
+               ``sentence_bert_config.json``
+Pooling        ``1_Pooling/config.json``                      ``pooling.py``
+Dense          ``2_Dense/config.json`` + weights              ``dense.py``
+Normalize      ``3_Normalize/`` (no files)                    ``normalize.py``
+=============  =============================================  ===================
+
+Every stage is built by ``load(folder, input_dim=..., settings=...)`` from its folder and the
+width of the stage before it, tells its ``output_dim``, and maps a ``features`` dict to a
+``features`` dict, as sentence-transformers' modules do: the Transformer reads ``input_ids``
+and ``attention_mask`` and adds ``token_embeddings``; Pooling reads those and the
+``pooling_mask`` and adds ``sentence_embedding``; Dense and Normalize replace it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from .dense import Dense
+from .normalize import Normalize
+from .pooling import Pooling
+from .transformer import Transformer
+
+__all__ = ["STAGE_TYPES", "Features", "LoadSettings", "Stage"]
+
+Features = dict[str, torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """What every stage may need to know to load: where it runs, and the requested dtype."""
+
+    device: str
+    dtype: str = "auto"
+
+
+class Stage(Protocol):
+    """The protocol every stage type follows."""
+
+    output_dim: int
+
+    @classmethod
+    def load(cls, folder: Path, *, input_dim: int | None, settings: LoadSettings) -> Stage:
+        """Build the stage from its folder; ``input_dim`` is the previous stage's width."""
+        ...
+
+    def __call__(self, features: Features) -> Features:
+        """Read what the stage needs from ``features`` and add or replace its output."""
+        ...
+
+
+# modules.json stage kinds (see checkpoint.read_stages) -> the type that loads them.
+STAGE_TYPES: dict[str, type[Stage]] = {
+    "transformer": Transformer,
+    "pooling": Pooling,
+    "dense": Dense,
+    "normalize": Normalize,
+}

@@ -1,0 +1,211 @@
+"""The Transformer stage: tokenizer, encoder network and ``sentence_bert_config.json``.
+
+Loads only what the checkpoint's own files describe, through transformers' classes for known
+architectures: ``trust_remote_code`` is never enabled, so a checkpoint cannot bring code along.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import transformers
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.utils import logging as hf_logging
+
+from ..._exceptions import CheckpointError
+from ..checkpoint import read_json
+from ..device import resolve_dtype
+from ..tokenization import Tokenizer
+from ..weights import load_state_dict
+
+if TYPE_CHECKING:
+    from . import Features, LoadSettings
+
+__all__ = ["Transformer"]
+
+# For T5-family checkpoints only the encoder exists in the published weights (and is all an
+# embedding needs), so the encoder-only classes are used instead of AutoModel's seq2seq model.
+_ENCODER_ONLY_CLASSES = {
+    "t5": "T5EncoderModel",
+    "mt5": "MT5EncoderModel",
+    "umt5": "UMT5EncoderModel",
+}
+
+
+class Transformer:
+    """The first stage: token ids to one vector per token.
+
+    Attributes
+    ----------
+    encoder : transformers.PreTrainedModel
+        The network, in eval mode on its device, in the compute dtype.
+    tokenizer : Tokenizer
+        The checkpoint's fast tokenizer with INSTRUCTOR's instruction rules.
+    max_seq_length : int
+        The checkpoint's token limit (``sentence_bert_config.json``, else the tokenizer's or
+        the position table's).
+    model_type : str
+        ``config.json``'s ``model_type``, e.g. ``"t5"`` or ``"bert"``.
+    dtype : torch.dtype
+        The compute dtype the encoder runs in.
+    output_dim : int
+        The hidden width of the encoder.
+    """
+
+    def __init__(
+        self,
+        encoder: Any,
+        tokenizer: Tokenizer,
+        *,
+        max_seq_length: int,
+        model_type: str,
+        dtype: torch.dtype,
+        output_dim: int,
+    ) -> None:
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.model_type = model_type
+        self.dtype = dtype
+        self.output_dim = output_dim
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest input the encoder's position table allows, when it has one."""
+        limit = getattr(self.encoder.config, "max_position_embeddings", None)
+        return limit if isinstance(limit, int) else None
+
+    @classmethod
+    def load(cls, folder: Path, *, input_dim: int | None, settings: LoadSettings) -> Transformer:
+        """Load tokenizer and encoder from ``folder`` onto ``settings.device``.
+
+        The compute dtype depends on the architecture (T5 overflows float16), so it is resolved
+        here, once ``config.json`` is read.
+        """
+        config_dict, sbert = _read_configs(folder)
+        model_type = config_dict["model_type"]
+        dtype = resolve_dtype(settings.dtype, settings.device, model_type)
+        try:
+            config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        except (ValueError, KeyError, OSError) as exc:
+            raise CheckpointError(
+                f"{folder / 'config.json'} is not a usable model config: {exc}"
+            ) from None
+        model_class = _model_class(model_type, config, folder)
+        state_dict = load_state_dict(folder)
+        with _quiet_transformers():
+            try:
+                # The weights were read safely above; transformers only maps them onto the network.
+                encoder, info = model_class.from_pretrained(
+                    None, config=config, state_dict=state_dict, output_loading_info=True
+                )
+            except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"cannot build the encoder from {folder}: {exc}") from None
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise CheckpointError(
+                f"weights in {folder} lack {len(missing)} tensor(s) the encoder needs, e.g. "
+                f"{missing[:3]}: the checkpoint does not match its config.json."
+            )
+        encoder.to(device=settings.device, dtype=dtype).eval()
+        tokenizer = _load_tokenizer(folder)
+        max_seq_length = sbert.get("max_seq_length") or _default_max_length(tokenizer, config)
+        return cls(
+            encoder,
+            Tokenizer(tokenizer, do_lower_case=bool(sbert.get("do_lower_case", False))),
+            max_seq_length=int(max_seq_length),
+            model_type=model_type,
+            dtype=dtype,
+            output_dim=int(getattr(config, "d_model", None) or config.hidden_size),
+        )
+
+    def __call__(self, features: Features) -> Features:
+        """Add ``token_embeddings`` for ``input_ids``.
+
+        ``attention_mask`` is ``None`` for a batch without padding: transformers then skips a
+        device-to-host check of the mask (a synchronisation on accelerators) and attention
+        takes its unmasked kernel.
+        """
+        mask = features["attention_mask"]
+        output = self.encoder(
+            input_ids=features["input_ids"],
+            attention_mask=None if mask is None else mask.long(),
+        )
+        features["token_embeddings"] = output.last_hidden_state
+        return features
+
+
+def _read_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (``config.json``, ``sentence_bert_config.json``) of the stage, validated."""
+    config = read_json(folder / "config.json", what="Transformer stage")
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise CheckpointError(f"{folder / 'config.json'} has no 'model_type' string.")
+    sbert_path = folder / "sentence_bert_config.json"
+    sbert = read_json(sbert_path, what="Transformer stage") if sbert_path.exists() else {}
+    if not isinstance(sbert, dict):
+        raise CheckpointError(f"{sbert_path} must hold a JSON object.")
+    max_len = sbert.get("max_seq_length")
+    if max_len is not None and (not isinstance(max_len, int) or max_len < 2):
+        raise CheckpointError(f"{sbert_path}: max_seq_length must be an integer >= 2.")
+    return config, sbert
+
+
+def _model_class(model_type: str, config: Any, folder: Path) -> Any:
+    """The transformers class for this architecture (never a class shipped with the files)."""
+    class_name = _ENCODER_ONLY_CLASSES.get(model_type)
+    if class_name:
+        return getattr(transformers, class_name)
+    try:
+        return MODEL_MAPPING[type(config)]
+    except KeyError:
+        raise CheckpointError(
+            f"{folder / 'config.json'}: model_type {model_type!r} has no encoder class in "
+            f"transformers {transformers.__version__}."
+        ) from None
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    try:
+        with _quiet_transformers():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                str(folder), use_fast=True, trust_remote_code=False
+            )
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"cannot load the tokenizer files in {folder}: {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise CheckpointError(
+            f"the tokenizer in {folder} has no fast (tokenizer.json / Rust) implementation."
+        )
+    if tokenizer.pad_token_id is None:
+        raise CheckpointError(f"the tokenizer in {folder} defines no padding token.")
+    # Encoders are padded on the right so that the instruction tokens always sit at positions
+    # 0..n-1, where the pooling mask zeroes them.
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _default_max_length(tokenizer: Any, config: Any) -> int:
+    limits = [
+        value
+        for value in (
+            getattr(tokenizer, "model_max_length", None),
+            getattr(config, "max_position_embeddings", None),
+        )
+        if isinstance(value, int) and 0 < value < 1_000_000
+    ]
+    return min(limits) if limits else 512
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' loading progress bars for the duration of a load."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
