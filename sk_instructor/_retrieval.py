@@ -16,10 +16,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from . import _params as params
 from ._instruction import InstructionTemplate
+from ._params import DEFAULTS
 from ._search import cosine_kneighbors
 from ._vectorizer import InstructorVectorizer
 from .metrics import mrr_at_k
@@ -28,8 +30,11 @@ __all__ = ["InstructorRetriever"]
 
 # The model card's retrieval pair for hkunlp/instructor-*.
 _MODEL_CARD_PAIR = InstructionTemplate.retrieval(domain="Wikipedia")
+# The engine's parameters, all but normalize: cosine search needs unit vectors.
+_ENGINE_PARAMETERS = tuple(name for name in params.ENGINE if name != "normalize")
 
 
+@params.fill_parameter_docs
 class InstructorRetriever(BaseEstimator):
     """Retrieve the documents nearest to each query, each side under its own instruction.
 
@@ -56,8 +61,7 @@ class InstructorRetriever(BaseEstimator):
 
     Parameters
     ----------
-    model : str or path-like, default="hkunlp/instructor-large"
-        A Hugging Face hub id or a local folder in the sentence-transformers layout.
+    .. shared parameters:: model
     query_instruction : str or None, \
 default="Represent the Wikipedia question for retrieving supporting documents: "
         Instruction for the queries (the model card's). ``None`` or ``""``: no instruction,
@@ -74,26 +78,8 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         Queries per block of the search.
     corpus_chunk : int, default=8192
         Documents per block of the search. A float32 block of the defaults takes 16 MiB.
-    batch_size : int or None, default=None
-        Upper bound on texts per encoding batch (otherwise sized by a token budget).
-    device : str, default="auto"
-        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-    dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"
-        Compute precision; embeddings are float32 whatever it is.
-    max_seq_length : int or None, default=None
-        Token limit per text, instruction included; ``None`` uses the checkpoint's.
-    missing : {"error", "empty", "zero"}, default="error"
-        Missing documents or queries (None, NaN, pd.NA): raise naming the rows, embed the
-        empty string, or use a zero vector (at cosine distance 1 from everything).
-    show_progress_bar : bool or None, default=None
-        ``None`` shows a progress bar for large inputs when stderr is a terminal.
-    cache : "memory", str, path-like, cache object or None, default="memory"
-        Embedding cache, as in :class:`~sk_instructor.InstructorVectorizer`: ``"memory"`` is
-        the process-wide cache that clones share, a folder path an on-disk cache, ``None`` none.
-    revision : str or None, default=None
-        Hub revision (branch, tag or commit) to pin.
-    local_files_only : bool, default=False
-        Only use models already in the local Hugging Face cache.
+    .. shared parameters:: batch_size, device, dtype, max_seq_length, missing
+    .. shared parameters:: show_progress_bar, cache, revision, local_files_only
 
     Attributes
     ----------
@@ -159,27 +145,18 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
     """
 
     _parameter_constraints: ClassVar[dict] = {
-        "model": [str, os.PathLike],
+        **params.constraints(_ENGINE_PARAMETERS),
         "query_instruction": [str, None],
         "document_instruction": [str, None],
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "documents": ["array-like", None],
         "query_chunk": [Interval(Integral, 1, None, closed="left")],
         "corpus_chunk": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-        "device": [str],
-        "dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
-        "max_seq_length": [Interval(Integral, 2, None, closed="left"), None],
-        "missing": [StrOptions({"error", "empty", "zero"})],
-        "show_progress_bar": ["boolean", None],
-        "cache": [str, os.PathLike, HasMethods(["get_many", "put_many"]), None],
-        "revision": [str, None],
-        "local_files_only": ["boolean"],
     }
 
     def __init__(
         self,
-        model: str | os.PathLike[str] = "hkunlp/instructor-large",
+        model: str | os.PathLike[str] = DEFAULTS["model"],
         *,
         query_instruction: str | None = _MODEL_CARD_PAIR.query,
         document_instruction: str | None = _MODEL_CARD_PAIR.document,
@@ -187,15 +164,15 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         documents: Any = None,
         query_chunk: int = 512,
         corpus_chunk: int = 8192,
-        batch_size: int | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        max_seq_length: int | None = None,
-        missing: str = "error",
-        show_progress_bar: bool | None = None,
-        cache: Any = "memory",
-        revision: str | None = None,
-        local_files_only: bool = False,
+        batch_size: int | None = DEFAULTS["batch_size"],
+        device: str = DEFAULTS["device"],
+        dtype: str = DEFAULTS["dtype"],
+        max_seq_length: int | None = DEFAULTS["max_seq_length"],
+        missing: str = DEFAULTS["missing"],
+        show_progress_bar: bool | None = DEFAULTS["show_progress_bar"],
+        cache: Any = DEFAULTS["cache"],
+        revision: str | None = DEFAULTS["revision"],
+        local_files_only: bool = DEFAULTS["local_files_only"],
     ) -> None:
         self.model = model
         self.query_instruction = query_instruction
@@ -362,18 +339,7 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
 
     # -- internals -----------------------------------------------------------------------------
     def _vectorizer(self, instruction: str) -> InstructorVectorizer:
+        # Cosine search on unit vectors: the dot product is the cosine.
         return InstructorVectorizer(
-            model=self.model,
-            instruction=instruction,
-            batch_size=self.batch_size,
-            device=self.device,
-            dtype=self.dtype,
-            max_seq_length=self.max_seq_length,
-            # Cosine search on unit vectors: the dot product is the cosine.
-            normalize=True,
-            missing=self.missing,
-            show_progress_bar=self.show_progress_bar,
-            cache=self.cache,
-            revision=self.revision,
-            local_files_only=self.local_files_only,
+            **params.values(self, _ENGINE_PARAMETERS), instruction=instruction, normalize=True
         )

@@ -7,32 +7,48 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from sklearn.utils._param_validation import validate_params
 
+from . import _params as params
 from ._input import read_text_column
 from ._instruction import InstructionTemplate
+from ._params import DEFAULTS
 from ._vectorizer import InstructorVectorizer
 
 __all__ = ["pair_similarity"]
 
 _STS_INSTRUCTION = InstructionTemplate.sts()
+# The engine's parameters, all but normalize: a cosine needs no normalized input.
+_ENGINE_PARAMETERS = tuple(name for name in params.ENGINE if name != "normalize")
 
 
+@validate_params(
+    {
+        "texts_a": [object],
+        "texts_b": [object],
+        "instruction_a": [str, None],
+        "instruction_b": [str, None],
+        **params.constraints(_ENGINE_PARAMETERS),
+    },
+    prefer_skip_nested_validation=True,
+)
+@params.fill_parameter_docs
 def pair_similarity(
     texts_a: Any,
     texts_b: Any,
     *,
-    model: str | os.PathLike[str] = "hkunlp/instructor-large",
+    model: str | os.PathLike[str] = DEFAULTS["model"],
     instruction_a: str | None = _STS_INSTRUCTION,
     instruction_b: str | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    max_seq_length: int | None = None,
-    missing: str = "error",
-    show_progress_bar: bool | None = None,
-    cache: Any = "memory",
-    revision: str | None = None,
-    local_files_only: bool = False,
+    batch_size: int | None = DEFAULTS["batch_size"],
+    device: str = DEFAULTS["device"],
+    dtype: str = DEFAULTS["dtype"],
+    max_seq_length: int | None = DEFAULTS["max_seq_length"],
+    missing: str = DEFAULTS["missing"],
+    show_progress_bar: bool | None = DEFAULTS["show_progress_bar"],
+    cache: Any = DEFAULTS["cache"],
+    revision: str | None = DEFAULTS["revision"],
+    local_files_only: bool = DEFAULTS["local_files_only"],
 ) -> np.ndarray:
     """Cosine similarity of ``texts_a[i]`` and ``texts_b[i]`` for every row ``i``.
 
@@ -49,20 +65,15 @@ def pair_similarity(
         First text of each pair.
     texts_b : list of str, 1-D array, Series, or one-column DataFrame
         Second text of each pair, aligned with ``texts_a`` (same length).
-    model : str or path-like, default="hkunlp/instructor-large"
-        A Hugging Face hub id or a local folder in the sentence-transformers layout.
+    .. shared parameters:: model
     instruction_a : str or None, default="Represent the sentence: "
         Instruction for ``texts_a`` (the STS preset,
         :meth:`~sk_instructor.InstructionTemplate.sts`). ``None`` or ``""``: no instruction.
     instruction_b : str or None, default=None
         Instruction for ``texts_b``; ``None`` uses ``instruction_a`` (symmetric tasks). Pass
         ``""`` for no instruction on this side only.
-    batch_size, device, dtype, max_seq_length, show_progress_bar, cache, revision, \
-local_files_only
-        Engine settings, as in :class:`~sk_instructor.InstructorVectorizer`.
-    missing : {"error", "empty", "zero"}, default="error"
-        Missing texts (None, NaN, pd.NA): raise naming the rows, embed the empty string, or
-        use a zero vector, whose similarity with anything is 0.
+    .. shared parameters:: batch_size, device, dtype, max_seq_length, missing
+    .. shared parameters:: show_progress_bar, cache, revision, local_files_only
 
     Returns
     -------
@@ -103,27 +114,12 @@ local_files_only
             f"texts_a has {n_a} texts but texts_b has {n_b}; pair_similarity compares aligned "
             f"pairs, so both sides need the same length."
         )
-    for name, value in (("instruction_a", instruction_a), ("instruction_b", instruction_b)):
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"{name} must be a str or None, got {type(value).__name__}.")
     instruction_a = instruction_a or ""
     instruction_b = instruction_a if instruction_b is None else instruction_b
+    settings = {name: value for name, value in locals().items() if name in _ENGINE_PARAMETERS}
 
     def embed(texts: Any, instruction: str, side: str) -> np.ndarray:
-        vectorizer = InstructorVectorizer(
-            model=model,
-            instruction=instruction,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            max_seq_length=max_seq_length,
-            normalize=True,
-            missing=missing,
-            show_progress_bar=show_progress_bar,
-            cache=cache,
-            revision=revision,
-            local_files_only=local_files_only,
-        )
+        vectorizer = InstructorVectorizer(**settings, instruction=instruction, normalize=True)
         try:
             return vectorizer.fit_transform(texts).astype(np.float64)
         except ValueError as exc:

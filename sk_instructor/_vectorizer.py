@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import warnings
-from numbers import Integral
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,12 +18,14 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import _params as params
 from ._cache import resolve_cache
 from ._input import TextColumn, describe_rows, read_text_column
-from ._instruction import DEFAULT_TEMPLATE, format_instruction
+from ._instruction import format_instruction
+from ._params import DEFAULTS
+from ._warnings import warn
 
 __all__ = ["InstructorVectorizer"]
 
@@ -33,6 +33,7 @@ __all__ = ["InstructorVectorizer"]
 _PROGRESS_MIN_ROWS = 256
 
 
+@params.fill_parameter_docs
 class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Embed texts with an INSTRUCTOR model under a task instruction.
 
@@ -49,45 +50,9 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
 
     Parameters
     ----------
-    model : str or path-like, default="hkunlp/instructor-large"
-        A Hugging Face hub id or a local folder in the sentence-transformers layout.
-    instruction : str or None, default=None
-        The full instruction, e.g. ``"Represent the Science title: "``. Wins over the template.
-        Keep its trailing space: the model was trained with it.
-    domain : str or None, default=None
-        Domain for the template, e.g. ``"Science"``, ``"Financial"``. Optional.
-    text_type : str, default="sentence"
-        Text type for the template, e.g. ``"title"``, ``"question"``, ``"document"``.
-    objective : str or None, default=None
-        Task objective for the template, e.g. ``"classification"``, ``"retrieval"``. Optional.
-    template : str, default="Represent the {domain} {text_type} for {objective}: "
-        The instruction template; an absent domain or objective drops out cleanly.
-    batch_size : int or None, default=None
-        Upper bound on texts per batch. Batches are otherwise sized by a token budget suited to
-        the device (texts are sorted by length, so little padding is computed).
-    device : str, default="auto"
-        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-    dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"
-        Compute precision. ``"auto"``: float32 on CPU; bfloat16 for T5 (float16 overflows it)
-        and float16 for other encoders on GPUs. Output is always float32.
-    max_seq_length : int or None, default=None
-        Token limit per text, instruction included; ``None`` uses the checkpoint's (512 for
-        INSTRUCTOR). Longer texts are truncated with a warning.
-    normalize : bool, default=True
-        Return unit-length vectors (dot product = cosine similarity).
-    missing : {"error", "empty", "zero"}, default="error"
-        What to do with missing values (None, NaN, pd.NA): raise naming the rows, embed the
-        empty string, or return a zero vector.
-    show_progress_bar : bool or None, default=None
-        ``None`` shows a tqdm bar for large inputs when stderr is a terminal.
-    cache : "memory", str, path-like, cache object or None, default="memory"
-        Where embeddings are kept for reuse: the process-wide memory cache (shared by clones,
-        so a grid search encodes each distinct text once), a folder path for a persistent
-        on-disk cache shared across processes, a cache object, or ``None`` for no cache.
-    revision : str or None, default=None
-        Hub revision (branch, tag or commit) to pin.
-    local_files_only : bool, default=False
-        Only use models already in the local Hugging Face cache.
+    .. shared parameters:: model, instruction, domain, text_type, objective, template
+    .. shared parameters:: batch_size, device, dtype, max_seq_length, normalize, missing
+    .. shared parameters:: show_progress_bar, cache, revision, local_files_only
 
     Attributes
     ----------
@@ -151,44 +116,29 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     (2, 2)
     """
 
-    _parameter_constraints: ClassVar[dict] = {
-        "model": [str, os.PathLike],
-        "instruction": [str, None],
-        "domain": [str, None],
-        "text_type": [str, None],
-        "objective": [str, None],
-        "template": [str],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-        "device": [str],
-        "dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
-        "max_seq_length": [Interval(Integral, 2, None, closed="left"), None],
-        "normalize": ["boolean"],
-        "missing": [StrOptions({"error", "empty", "zero"})],
-        "show_progress_bar": ["boolean", None],
-        "cache": [str, os.PathLike, HasMethods(["get_many", "put_many"]), None],
-        "revision": [str, None],
-        "local_files_only": ["boolean"],
-    }
+    _parameter_constraints: ClassVar[dict] = params.constraints(
+        ("model", *params.INSTRUCTION, *params.ENGINE)
+    )
 
     def __init__(
         self,
-        model: str | os.PathLike[str] = "hkunlp/instructor-large",
+        model: str | os.PathLike[str] = DEFAULTS["model"],
         *,
-        instruction: str | None = None,
-        domain: str | None = None,
-        text_type: str | None = "sentence",
-        objective: str | None = None,
-        template: str = DEFAULT_TEMPLATE,
-        batch_size: int | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        max_seq_length: int | None = None,
-        normalize: bool = True,
-        missing: str = "error",
-        show_progress_bar: bool | None = None,
-        cache: Any = "memory",
-        revision: str | None = None,
-        local_files_only: bool = False,
+        instruction: str | None = DEFAULTS["instruction"],
+        domain: str | None = DEFAULTS["domain"],
+        text_type: str | None = DEFAULTS["text_type"],
+        objective: str | None = DEFAULTS["objective"],
+        template: str = DEFAULTS["template"],
+        batch_size: int | None = DEFAULTS["batch_size"],
+        device: str = DEFAULTS["device"],
+        dtype: str = DEFAULTS["dtype"],
+        max_seq_length: int | None = DEFAULTS["max_seq_length"],
+        normalize: bool = DEFAULTS["normalize"],
+        missing: str = DEFAULTS["missing"],
+        show_progress_bar: bool | None = DEFAULTS["show_progress_bar"],
+        cache: Any = DEFAULTS["cache"],
+        revision: str | None = DEFAULTS["revision"],
+        local_files_only: bool = DEFAULTS["local_files_only"],
     ) -> None:
         self.model = model
         self.instruction = instruction
@@ -316,11 +266,10 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 resolve_device(recorded)
             except ValueError:
                 fallback = resolve_device("auto")
-                warnings.warn(
+                warn(
                     f"this vectorizer ran on {recorded!r}, which this machine lacks; using "
                     f"{fallback!r} instead.",
                     RuntimeWarning,
-                    stacklevel=2,
                 )
                 self.device_ = fallback
 
@@ -357,11 +306,30 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             )
 
     def _resolve_instruction(self) -> str:
-        if self.instruction is not None:
-            return self.instruction
-        return format_instruction(
-            self.template, domain=self.domain, text_type=self.text_type, objective=self.objective
-        )
+        if self.instruction is None:
+            return format_instruction(
+                self.template,
+                domain=self.domain,
+                text_type=self.text_type,
+                objective=self.objective,
+            )
+        # As scikit-learn warns about parameters that another one overrides: a template part
+        # set beside a whole instruction would otherwise be dropped without a word.
+        ignored = {
+            name: getattr(self, name)
+            for name in params.INSTRUCTION[1:]
+            if getattr(self, name) != DEFAULTS[name]
+        }
+        if ignored:
+            shown = ", ".join(f"{name}={value!r}" for name, value in ignored.items())
+            warn(
+                f"instruction={self.instruction!r} is given, so {shown} "
+                f"{'is' if len(ignored) == 1 else 'are'} ignored; set instruction=None to build "
+                f"the instruction from the template.",
+                UserWarning,
+                cause=("ignored template parts", self.instruction, *ignored.items()),
+            )
+        return self.instruction
 
     def _engine(self):
         from ._engine.registry import get_model

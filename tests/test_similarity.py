@@ -139,7 +139,7 @@ def test_a_text_repeated_across_pairs_is_encoded_once(tiny_t5_path):
 
 
 def test_non_string_instruction_is_rejected(tiny_t5_path):
-    with pytest.raises(TypeError, match="instruction_b must be a str or None"):
+    with pytest.raises(TypeError, match="'instruction_b' parameter of pair_similarity must be"):
         pair_similarity(TEXTS_A, TEXTS_B, model=tiny_t5_path, instruction_b=3)
 
 

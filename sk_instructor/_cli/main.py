@@ -20,6 +20,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
+from .. import _params as params
+from .._instruction import DEFAULT_TEMPLATE
+
 __all__ = ["build_parser", "main"]
 
 PROGRAM = "sk-instructor"
@@ -72,9 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     >>> args.column, args.chunk_size
     ('text', 8192)
     """
-    from .. import __version__
-    from .._instruction import DEFAULT_TEMPLATE
-
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description=_DESCRIPTION,
@@ -106,69 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["csv", "tsv", "parquet", "jsonl"],
         help="read INPUT as this format instead of guessing from its name",
     )
-    columns.add_argument(
-        "--missing",
-        choices=["error", "empty", "zero"],
-        default="error",
-        help="rows without text: stop with an error naming them, embed an empty text, or "
-        "write a zero vector (default: %(default)s)",
-    )
+    params.add_cli_options(columns, ["missing"])
 
     instruction = embed.add_argument_group(
         "instruction",
         f'Either give the whole instruction, or the parts of the template "{DEFAULT_TEMPLATE}".',
     )
-    instruction.add_argument(
-        "--instruction", help='the full instruction, e.g. "Represent the Science title: "'
-    )
-    instruction.add_argument("--domain", help='e.g. "Science", "Financial", "Wikipedia"')
-    instruction.add_argument(
-        "--text-type",
-        default="sentence",
-        help="e.g. title, question, document (default: %(default)s)",
-    )
-    instruction.add_argument("--objective", help="e.g. classification, retrieval, clustering")
-    instruction.add_argument(
-        "--template", default=DEFAULT_TEMPLATE, help='(default: "%(default)s")'
-    )
+    params.add_cli_options(instruction, params.INSTRUCTION)
 
     model = embed.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        default="hkunlp/instructor-large",
-        help="a Hugging Face hub id or a local sentence-transformers folder (default: %(default)s)",
-    )
-    model.add_argument("--revision", help="hub branch, tag or commit to pin")
-    model.add_argument(
-        "--local-files-only", action="store_true", help="never download; use the local HF cache"
-    )
-    model.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps (default: %(default)s)"
-    )
-    model.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="compute precision; output is always float32 (default: %(default)s)",
-    )
-    model.add_argument(
-        "--batch-size", type=_positive_int, metavar="N", help="at most N texts per forward pass"
-    )
-    model.add_argument(
-        "--max-seq-length", type=_positive_int, metavar="N", help="token limit per text"
-    )
-    model.add_argument(
-        "--no-normalize",
-        dest="normalize",
-        action="store_false",
-        help="keep raw vectors instead of unit-length ones",
-    )
-    model.add_argument(
-        "--cache",
-        default="memory",
-        metavar="{memory,none,FOLDER}",
-        help="reuse vectors of repeated texts: in memory, not at all, or in an on-disk cache "
-        "folder shared by runs (default: %(default)s)",
+    params.add_cli_options(
+        model,
+        [name for name in params.ENGINE if name not in ("missing", "show_progress_bar")],
     )
 
     output = embed.add_argument_group("output")
@@ -185,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     output.add_argument(
         "--chunk-size",
-        type=_positive_int,
+        type=params.positive_int,
         default=DEFAULT_CHUNK_SIZE,
         metavar="ROWS",
         help="rows committed at a time; at most this much work is lost to a crash "
@@ -201,12 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     run = embed.add_argument_group("display")
-    run.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar with rows/s (default: when stderr is a terminal)",
-    )
+    params.add_cli_options(run, ["show_progress_bar"])
     run.add_argument(
         "-v", "--verbose", action="store_true", help="show tracebacks and library warnings as is"
     )
@@ -346,7 +291,7 @@ def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> 
     from tqdm.auto import tqdm
 
     done_before = parts.completed_chunks()
-    show = args.progress
+    show = args.show_progress_bar
     if show is None:
         show = sys.stderr is not None and sys.stderr.isatty()
     bar = tqdm(
@@ -408,37 +353,15 @@ def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> 
 def _build_vectorizer(args: argparse.Namespace):
     from .._vectorizer import InstructorVectorizer
 
-    cache: str | Path | None = args.cache
-    if args.cache.lower() == "none":
-        cache = None
-    elif args.cache != "memory":
-        cache = Path(args.cache).expanduser()
-    vectorizer = InstructorVectorizer(
-        model=args.model,
-        instruction=args.instruction,
-        domain=args.domain,
-        text_type=args.text_type,
-        objective=args.objective,
-        template=args.template,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        max_seq_length=args.max_seq_length,
-        normalize=args.normalize,
-        missing=args.missing,
-        show_progress_bar=False,
-        cache=cache,
-        revision=args.revision,
-        local_files_only=args.local_files_only,
-    )
+    settings = params.from_cli(args, ("model", *params.INSTRUCTION, *params.ENGINE))
+    # The command line shows its own bar, over the whole file.
+    settings["show_progress_bar"] = False
     # fit learns nothing from texts: it resolves the instruction and loads the model.
-    return vectorizer.fit([""])
+    return InstructorVectorizer(**settings).fit([""])
 
 
 def _provenance(args: argparse.Namespace, vectorizer) -> dict[str, str]:
     import json
-
-    from .. import __version__
 
     return {
         "sk_instructor": json.dumps(
@@ -454,16 +377,6 @@ def _provenance(args: argparse.Namespace, vectorizer) -> dict[str, str]:
             }
         )
     }
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
 
 
 def _describe(error: BaseException) -> str:

@@ -1,0 +1,353 @@
+"""The parameters that several components share, each declared once.
+
+Every component that embeds text (the vectorizer, the retriever, ``pair_similarity``, the
+command line) takes the engine's parameters: which model, on which device, in which precision,
+how long a text, which cache. Each :class:`Parameter` below holds its default, its
+scikit-learn constraints, its documentation and its command-line option, and the components
+compose them, as scikit-learn's ``TfidfVectorizer`` composes ``CountVectorizer``'s constraints:
+
+- ``constraints(names)`` gives the entries of an estimator's ``_parameter_constraints``;
+- :func:`fill_parameter_docs` writes the numpydoc entries where a docstring says
+  ``.. shared parameters:: name, name, ...``;
+- :func:`add_cli_options` adds the options of the command line, and :func:`from_cli` reads
+  their values back.
+
+``__init__`` signatures stay explicit (scikit-learn's ``get_params`` reads them); their
+defaults come from here (``DEFAULTS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from numbers import Integral
+from pathlib import Path
+from typing import Any
+
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._cache import EmbeddingCache
+from ._instruction import DEFAULT_TEMPLATE
+
+__all__ = [
+    "DEFAULTS",
+    "ENGINE",
+    "INSTRUCTION",
+    "Parameter",
+    "add_cli_options",
+    "constraints",
+    "fill_parameter_docs",
+    "from_cli",
+    "positive_int",
+    "values",
+]
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+MISSING_POLICIES = ("error", "empty", "zero")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter shared by several components.
+
+    Attributes
+    ----------
+    name : str
+        The keyword (``max_seq_length``); the command-line option is derived from it
+        (``--max-seq-length``) unless ``flags`` says otherwise.
+    default : object
+        The default value.
+    constraints : list
+        scikit-learn parameter constraints.
+    type_doc : str
+        The numpydoc type, without the default (``"int or None"``).
+    doc : str
+        The numpydoc description. Its first sentence is the command line's help.
+    cli : dict or None
+        ``argparse.add_argument`` keywords besides the help and the default (``type``,
+        ``choices``, ``action``, ``metavar``); ``None``: not a command-line option.
+    flags : tuple of str
+        The option strings, when they differ from ``--name-with-dashes``.
+    from_cli : callable or None
+        Turns the parsed option into the parameter's value (``"none"`` -> ``None``).
+    cli_help : str or None
+        The command line's help where the option means more or less than the parameter
+        (a cache object cannot be given on a command line); ``None``: from :attr:`doc`.
+    """
+
+    name: str
+    default: Any
+    constraints: list
+    type_doc: str
+    doc: str
+    cli: dict[str, Any] | None = field(default_factory=dict)
+    flags: tuple[str, ...] = ()
+    from_cli: Callable[[Any], Any] | None = None
+    cli_help: str | None = None
+
+    @property
+    def help(self) -> str:
+        """What ``--help`` says: :attr:`cli_help`, else the first sentence of :attr:`doc`."""
+        if self.cli_help is not None:
+            return self.cli_help
+        doc = " ".join(self.doc.split())
+        first = re.split(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z`])", doc, maxsplit=1)[0]
+        # reST markup means nothing in a terminal.
+        first = re.sub(r":\w+:`~?(?:[\w.]+\.)?(\w+)`", r"\1", first).replace("``", "")
+        # argparse's own help lines start in lower case.
+        return first[:1].lower() + first[1:].rstrip(".")
+
+    def numpydoc(self, indent: str = "    ") -> str:
+        """The entry of this parameter in a numpydoc ``Parameters`` section."""
+        default = f'"{self.default}"' if isinstance(self.default, str) else repr(self.default)
+        lines = [f"{indent}{self.name} : {self.type_doc}, default={default}"]
+        lines += [f"{indent}    {line}" if line else "" for line in self.doc.splitlines()]
+        return "\n".join(lines)
+
+
+def positive_int(value: str) -> int:
+    """argparse ``type`` for options that take a positive integer."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _cache_from_cli(value: str) -> str | Path | None:
+    if value.lower() == "none":
+        return None
+    return value if value == "memory" else Path(value).expanduser()
+
+
+_PARAMETERS = (
+    # -- the instruction -------------------------------------------------------------------
+    Parameter(
+        "instruction",
+        None,
+        [str, None],
+        "str or None",
+        """The full instruction, e.g. ``"Represent the Science title: "``. Wins over the
+template. Keep its trailing space: the model was trained with it.""",
+        cli={"metavar": "TEXT"},
+    ),
+    Parameter(
+        "domain",
+        None,
+        [str, None],
+        "str or None",
+        """Domain for the template, e.g. ``"Science"``, ``"Financial"``. Optional.""",
+        cli={"metavar": "TEXT"},
+    ),
+    Parameter(
+        "text_type",
+        "sentence",
+        [str, None],
+        "str",
+        """Text type for the template, e.g. ``"title"``, ``"question"``, ``"document"``.""",
+        cli={"metavar": "TEXT"},
+    ),
+    Parameter(
+        "objective",
+        None,
+        [str, None],
+        "str or None",
+        """Task objective for the template, e.g. ``"classification"``, ``"retrieval"``.
+Optional.""",
+        cli={"metavar": "TEXT"},
+    ),
+    Parameter(
+        "template",
+        DEFAULT_TEMPLATE,
+        [str],
+        "str",
+        """The instruction template; an absent domain or objective drops out cleanly.""",
+        cli={"metavar": "TEXT"},
+    ),
+    # -- the engine ------------------------------------------------------------------------
+    Parameter(
+        "model",
+        "hkunlp/instructor-large",
+        [str, os.PathLike],
+        "str or path-like",
+        """A Hugging Face hub id or a local folder in the sentence-transformers layout.""",
+        cli={"metavar": "ID_OR_FOLDER"},
+    ),
+    Parameter(
+        "batch_size",
+        None,
+        [Interval(Integral, 1, None, closed="left"), None],
+        "int or None",
+        """Upper bound on texts per batch. Batches are otherwise sized by a token budget suited
+to the device (texts are sorted by length, so little padding is computed).""",
+        cli={"type": positive_int, "metavar": "N"},
+    ),
+    Parameter(
+        "device",
+        "auto",
+        [str],
+        "str",
+        """Where the model runs: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``,
+``"cuda"``, ``"cuda:1"`` or ``"mps"``.""",
+    ),
+    Parameter(
+        "dtype",
+        "auto",
+        [StrOptions(set(DTYPES))],
+        '{"auto", "float32", "bfloat16", "float16"}',
+        """Compute precision; output is always float32. ``"auto"``: float32 on CPU; bfloat16
+for T5 (float16 overflows it) and float16 for other encoders on GPUs.""",
+        cli={"choices": DTYPES},
+    ),
+    Parameter(
+        "max_seq_length",
+        None,
+        [Interval(Integral, 2, None, closed="left"), None],
+        "int or None",
+        """Token limit per text, instruction included; ``None`` uses the checkpoint's (512 for
+INSTRUCTOR). Longer texts are truncated with a warning.""",
+        cli={"type": positive_int, "metavar": "N"},
+    ),
+    Parameter(
+        "normalize",
+        True,
+        ["boolean"],
+        "bool",
+        """Return unit-length vectors (dot product = cosine similarity).""",
+        cli={"action": argparse.BooleanOptionalAction},
+    ),
+    Parameter(
+        "missing",
+        "error",
+        [StrOptions(set(MISSING_POLICIES))],
+        '{"error", "empty", "zero"}',
+        """What to do with missing values (None, NaN, pd.NA): raise naming the rows, embed
+the empty string, or return a zero vector.""",
+        cli={"choices": MISSING_POLICIES},
+    ),
+    Parameter(
+        "show_progress_bar",
+        None,
+        ["boolean", None],
+        "bool or None",
+        """Show a progress bar. ``None`` shows one for large inputs when stderr is a
+terminal.""",
+        cli={"action": argparse.BooleanOptionalAction, "dest": "show_progress_bar"},
+        flags=("--progress",),
+        cli_help="show a progress bar (default: when stderr is a terminal)",
+    ),
+    Parameter(
+        "cache",
+        "memory",
+        [str, os.PathLike, EmbeddingCache, None],
+        '"memory", str, path-like, EmbeddingCache or None',
+        """Where embeddings are kept for reuse: ``"memory"`` (the process-wide memory cache,
+shared by clones, so a grid search encodes each distinct text once), a folder for a
+persistent on-disk cache shared across processes, an :class:`~sk_instructor.EmbeddingCache`,
+or ``None`` for no cache.""",
+        cli={"metavar": "{memory,none,FOLDER}"},
+        from_cli=_cache_from_cli,
+        cli_help="reuse vectors of repeated texts: in memory, not at all, or in an on-disk "
+        "cache folder shared by runs",
+    ),
+    Parameter(
+        "revision",
+        None,
+        [str, None],
+        "str or None",
+        """Hub revision (branch, tag or commit) to pin.""",
+        cli={"metavar": "REVISION"},
+    ),
+    Parameter(
+        "local_files_only",
+        False,
+        ["boolean"],
+        "bool",
+        """Only use models already on this machine (a local folder or the Hugging Face cache);
+never download.""",
+        cli={"action": "store_true"},
+    ),
+)
+
+PARAMETERS: dict[str, Parameter] = {parameter.name: parameter for parameter in _PARAMETERS}
+DEFAULTS: dict[str, Any] = {parameter.name: parameter.default for parameter in _PARAMETERS}
+
+#: The instruction and its template parts, in the order the vectorizer takes them.
+INSTRUCTION = ("instruction", "domain", "text_type", "objective", "template")
+#: What the engine needs, besides the instruction, in the order every component takes them.
+ENGINE = (
+    "model",
+    "batch_size",
+    "device",
+    "dtype",
+    "max_seq_length",
+    "normalize",
+    "missing",
+    "show_progress_bar",
+    "cache",
+    "revision",
+    "local_files_only",
+)
+
+
+def constraints(names: Iterable[str]) -> dict[str, list]:
+    """The ``_parameter_constraints`` entries of ``names``."""
+    return {name: PARAMETERS[name].constraints for name in names}
+
+
+def values(source: Any, names: Iterable[str]) -> dict[str, Any]:
+    """``{name: source.name}`` for ``names``: how one component configures another."""
+    return {name: getattr(source, name) for name in names}
+
+
+_DOC_DIRECTIVE = re.compile(r"^(?P<indent>[ ]*)\.\. shared parameters:: (?P<names>.+)$", re.M)
+
+
+def fill_parameter_docs(documented: Any) -> Any:
+    """Write the shared parameters' numpydoc entries where a docstring asks for them.
+
+    A line ``.. shared parameters:: model, batch_size`` becomes the entries of those
+    parameters, at the line's indentation. Use as a class or function decorator.
+    """
+
+    def entries(match: re.Match) -> str:
+        names = [name.strip() for name in match.group("names").split(",")]
+        return "\n".join(PARAMETERS[name].numpydoc(match.group("indent")) for name in names)
+
+    if documented.__doc__:
+        documented.__doc__ = _DOC_DIRECTIVE.sub(entries, documented.__doc__)
+    return documented
+
+
+def add_cli_options(group: Any, names: Iterable[str]) -> None:
+    """Add the command-line options of ``names`` to an argparse parser or group."""
+    for name in names:
+        parameter = PARAMETERS[name]
+        options = dict(parameter.cli or {})
+        flags = parameter.flags or ("--" + name.replace("_", "-"),)
+        options.setdefault("dest", name)
+        default = parameter.default
+        if options.get("action") is argparse.BooleanOptionalAction and default is not None:
+            shown = f" (default: --{'' if default else 'no-'}{name.replace('_', '-')})"
+        elif default is None or isinstance(default, bool):
+            shown = ""
+        else:
+            shown = " (default: %(default)s)"
+        group.add_argument(
+            *flags, default=default, help=parameter.help.replace("%", "%%") + shown, **options
+        )
+
+
+def from_cli(arguments: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    """The parameter values of ``names`` from parsed command-line ``arguments``."""
+    settings = {}
+    for name in names:
+        value = getattr(arguments, name)
+        convert = PARAMETERS[name].from_cli
+        settings[name] = convert(value) if convert is not None and value is not None else value
+    return settings
