@@ -20,7 +20,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m sk_instructor.demo --out out
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/demo.py --out out
 
 test: setup
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q -p no:cacheprovider

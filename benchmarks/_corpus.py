@@ -133,7 +133,9 @@ def model_path(name: str, work_dir: str | Path, *, tokenizer_from: str | None = 
         return folder
     if name not in ("t5-large", "t5-tiny"):
         return Path(name)
-    from sk_instructor._testing import build_t5_checkpoint
+    # The test suite's checkpoint builder (tests/checkpoints.py), which the wheel does not ship.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from checkpoints import build_t5_checkpoint
 
     shape = _LARGE_T5 if name == "t5-large" else {"vocab_size": 32128}
     folder = Path(work_dir) / name

@@ -203,7 +203,7 @@ class InstructionTemplate:
 
     Examples
     --------
-    >>> from sk_instructor._instruction import InstructionTemplate
+    >>> from sk_instructor import InstructionTemplate
     >>> InstructionTemplate.classification(domain="Financial", text_type="statement")
     'Represent the Financial statement for classification: '
     >>> InstructionTemplate.clustering(domain="Medicine")
@@ -246,7 +246,7 @@ class InstructionTemplate:
 
         Examples
         --------
-        >>> from sk_instructor._instruction import InstructionTemplate
+        >>> from sk_instructor import InstructionTemplate
         >>> InstructionTemplate.classification()
         'Represent the sentence for classification: '
         """
@@ -269,7 +269,7 @@ class InstructionTemplate:
 
         Examples
         --------
-        >>> from sk_instructor._instruction import InstructionTemplate
+        >>> from sk_instructor import InstructionTemplate
         >>> InstructionTemplate.clustering(domain="Science", text_type="title")
         'Represent the Science title for clustering: '
         """
@@ -292,7 +292,7 @@ class InstructionTemplate:
 
         Examples
         --------
-        >>> from sk_instructor._instruction import InstructionTemplate
+        >>> from sk_instructor import InstructionTemplate
         >>> InstructionTemplate.sts(domain="Science")
         'Represent the Science sentence: '
         """
@@ -323,7 +323,7 @@ class InstructionTemplate:
 
         Examples
         --------
-        >>> from sk_instructor._instruction import InstructionTemplate
+        >>> from sk_instructor import InstructionTemplate
         >>> InstructionTemplate.retrieval().document
         'Represent the document for retrieval: '
         """
@@ -359,7 +359,7 @@ class InstructionTemplate:
 
         Examples
         --------
-        >>> from sk_instructor._instruction import InstructionTemplate
+        >>> from sk_instructor import InstructionTemplate
         >>> pair = InstructionTemplate.reranking(domain="News")
         >>> pair.query
         'Represent the News query for retrieving articles: '

@@ -105,18 +105,15 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
 
     Examples
     --------
-    Fit on a corpus, then query it (a tiny random model here, so the ranking means nothing):
+    Fit on a corpus, then query it:
 
-    >>> import tempfile
-    >>> from sk_instructor._retrieval import InstructorRetriever
-    >>> from sk_instructor._testing import build_t5_checkpoint
-    >>> model_folder = build_t5_checkpoint(tempfile.mkdtemp())
+    >>> from sk_instructor import InstructorRetriever
     >>> documents = [
     ...     "The Federal Reserve raised its benchmark interest rate.",
     ...     "Scientists discovered a new species of frog in the rain forest.",
     ...     "The stock market fell after the announcement of new tariffs.",
     ... ]
-    >>> retriever = InstructorRetriever(model=model_folder, n_neighbors=2).fit(documents)
+    >>> retriever = InstructorRetriever("hkunlp/instructor-large", n_neighbors=2).fit(documents)
     >>> distances, indices = retriever.kneighbors(["Why did stocks fall?", "New frog species"])
     >>> distances.shape, indices.shape, distances.dtype
     ((2, 2), (2, 2), dtype('float32'))
@@ -129,7 +126,7 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
     >>> queries = ["interest rates", "frog species", "stock market", "new tariffs"]
     >>> relevant = [0, 1, 2, 2]
     >>> search = GridSearchCV(
-    ...     InstructorRetriever(model=model_folder, documents=documents),
+    ...     InstructorRetriever("hkunlp/instructor-large", documents=documents),
     ...     param_grid={
     ...         "query_instruction": ["Represent the News question for retrieving articles: ",
     ...                               None],

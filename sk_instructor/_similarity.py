@@ -92,14 +92,11 @@ def pair_similarity(
 
     Examples
     --------
-    >>> import tempfile
-    >>> from sk_instructor._similarity import pair_similarity
-    >>> from sk_instructor._testing import build_t5_checkpoint
-    >>> model_folder = build_t5_checkpoint(tempfile.mkdtemp())  # a tiny random model
+    >>> from sk_instructor import pair_similarity
     >>> similarity = pair_similarity(
     ...     ["A man is playing a guitar.", "The stock market fell sharply."],
     ...     ["A man plays the guitar.", "A quick brown fox jumps over the lazy dog."],
-    ...     model=model_folder,
+    ...     model="hkunlp/instructor-large",
     ...     instruction_a="Represent the sentence: ",
     ... )
     >>> similarity.shape, similarity.dtype

@@ -85,22 +85,21 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     Examples
     --------
     >>> from sk_instructor import InstructorVectorizer
-    >>> from sk_instructor._testing import build_t5_checkpoint
-    >>> import tempfile
-    >>> model_folder = build_t5_checkpoint(tempfile.mkdtemp())  # a tiny random model
-    >>> vectorizer = InstructorVectorizer(model=model_folder, domain="Science", text_type="title")
+    >>> vectorizer = InstructorVectorizer(
+    ...     "hkunlp/instructor-large", domain="Science", text_type="title"
+    ... )
     >>> vectors = vectorizer.fit_transform(["Parton energy loss in QCD matter", "Dark matter"])
     >>> vectorizer.instruction_
     'Represent the Science title: '
     >>> vectors.shape, vectors.dtype
-    ((2, 16), dtype('float32'))
+    ((2, 768), dtype('float32'))
 
     In a pipeline, each part of the instruction is a hyper-parameter:
 
     >>> from sklearn.linear_model import LogisticRegression
     >>> from sklearn.pipeline import make_pipeline
     >>> pipeline = make_pipeline(
-    ...     InstructorVectorizer(model=model_folder, objective="classification"),
+    ...     InstructorVectorizer("hkunlp/instructor-large", objective="classification"),
     ...     LogisticRegression(),
     ... )
     >>> pipeline.fit(["Dark matter halos", "Interest rates rise"], [0, 1]).predict(["Dark energy"])

@@ -6,21 +6,30 @@ shares one loaded model, which keeps the suite fast on two cores.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Nothing in the suite may reach the Hugging Face hub: tests that exercise the hub path mock it
-# at its boundary.
+# at its boundary, or find models in the suite's own hub cache below.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The suite's own Hugging Face cache, set before anything imports huggingface_hub (which reads
+# it once): the user's cache never leaks into a test, and the fixture hub_models fills it.
+HUB_CACHE = Path(tempfile.mkdtemp(prefix="sk-instructor-hub-cache-"))
+os.environ["HF_HUB_CACHE"] = str(HUB_CACHE)
+atexit.register(shutil.rmtree, HUB_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_t5_path(tmp_path_factory) -> Path:
     """A random T5 encoder in the published INSTRUCTOR layout, pickled ``.bin`` weights."""
-    from sk_instructor._testing import build_t5_checkpoint
+    from checkpoints import build_t5_checkpoint
 
     return build_t5_checkpoint(tmp_path_factory.mktemp("tiny_t5_bin"), weights="bin")
 
@@ -28,7 +37,7 @@ def tiny_t5_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_t5_safetensors_path(tmp_path_factory) -> Path:
     """The same layout with ``.safetensors`` weights (different random weights)."""
-    from sk_instructor._testing import build_t5_checkpoint
+    from checkpoints import build_t5_checkpoint
 
     return build_t5_checkpoint(tmp_path_factory.mktemp("tiny_t5_st"), weights="safetensors", seed=1)
 
@@ -64,3 +73,24 @@ def st_encode_prompt_excluded(minilm_sentence_transformer):
             st.set_pooling_include_prompt(True)
 
     return encode
+
+
+@pytest.fixture(scope="session")
+def hub_models(tmp_path_factory, minilm_path) -> dict[str, Path]:
+    """hkunlp/instructor-large and all-MiniLM-L6-v2 in the suite's hub cache, offline.
+
+    The docstring examples name the real models. Here ``hkunlp/instructor-large`` resolves,
+    through huggingface_hub's own cache lookup, to a tiny random T5 in its layout and with its
+    output width (768), and ``sentence-transformers/all-MiniLM-L6-v2`` to the real weights.
+    """
+    from checkpoints import add_to_hub_cache, build_t5_checkpoint
+
+    instructor = build_t5_checkpoint(tmp_path_factory.mktemp("hub_instructor"), dense_out=768)
+    return {
+        "hkunlp/instructor-large": add_to_hub_cache(
+            HUB_CACHE, "hkunlp/instructor-large", instructor
+        ),
+        "sentence-transformers/all-MiniLM-L6-v2": add_to_hub_cache(
+            HUB_CACHE, "sentence-transformers/all-MiniLM-L6-v2", minilm_path
+        ),
+    }

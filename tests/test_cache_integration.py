@@ -100,9 +100,9 @@ def test_entry_written_under_other_settings_is_never_served(
 
 def test_editing_a_local_checkpoint_invalidates_its_entries(tmp_path):
     import torch
+    from checkpoints import build_t5_checkpoint
 
     from sk_instructor._engine.registry import clear_loaded_models
-    from sk_instructor._testing import build_t5_checkpoint
 
     folder = build_t5_checkpoint(tmp_path / "model")
     cache = DiskCache(tmp_path / "cache")

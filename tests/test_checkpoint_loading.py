@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from checkpoints import build_t5_checkpoint
 
 from sk_instructor import CheckpointError, ModelNotFoundError
 from sk_instructor._engine.checkpoint import resolve_model
 from sk_instructor._engine.device import resolve_device, resolve_dtype
 from sk_instructor._engine.model import EmbeddingModel
 from sk_instructor._engine.registry import get_model
-from sk_instructor._testing import build_t5_checkpoint
 
 TEXTS = ["The Federal Reserve raised rates.", "A quick brown fox.", "", "word " * 100]
 

@@ -44,7 +44,7 @@ CHECKS_MODEL = Path(tempfile.mkdtemp(prefix="sk_instructor_checks_"))
 
 @pytest.fixture(scope="module", autouse=True)
 def _tiny_checkpoint_for_the_checks():
-    from sk_instructor._testing import build_t5_checkpoint
+    from checkpoints import build_t5_checkpoint
 
     build_t5_checkpoint(CHECKS_MODEL)
     yield

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from checkpoints import build_t5_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
@@ -26,7 +27,6 @@ from sk_instructor import InstructorRetriever, InstructorVectorizer
 from sk_instructor._engine.stages.normalize import Normalize
 from sk_instructor._engine.stages.pooling import Pooling
 from sk_instructor._similarity import pair_similarity
-from sk_instructor._testing import build_t5_checkpoint
 
 # A hang is a failure too: no test here may run for minutes.
 pytestmark = pytest.mark.timeout(300)

@@ -7,17 +7,16 @@ with sk_instructor (plain transformers, one text at a time, masks built by hand)
 
 from __future__ import annotations
 
-import doctest
 import io
 import pickle
 import sys
-import warnings
 
 import joblib
 import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from checkpoints import build_t5_checkpoint
 from numpy.testing import assert_allclose
 from reference_instructor import ReferenceInstructor
 from sklearn.base import clone
@@ -25,10 +24,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import get_tags
 from sklearn.utils._param_validation import InvalidParameterError
 
-import sk_instructor._vectorizer as vectorizer_module
 from sk_instructor import InstructorVectorizer
 from sk_instructor._engine.registry import loaded_models
-from sk_instructor._testing import build_t5_checkpoint
 
 TEXTS = [
     "Parton energy loss in QCD matter",
@@ -479,20 +476,6 @@ def test_model_card_three_element_rows_use_their_own_instructions(tiny_t5_path, 
 
 
 # -- documentation -----------------------------------------------------------------------------
-
-
-def test_docstring_example_runs():
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    tests = [test for test in finder.find(vectorizer_module) if test.examples]
-    assert any(test.name.endswith("InstructorVectorizer") for test in tests)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for test in tests:
-            runner.run(test)
-    results = runner.summarize(verbose=False)
-    assert results.attempted > 0
-    assert results.failed == 0
 
 
 def test_docstring_documents_every_parameter_and_attribute():

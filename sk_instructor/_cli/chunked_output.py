@@ -35,7 +35,7 @@ try:  # POSIX only; elsewhere two runs on the same output are not kept apart.
 except ImportError:  # pragma: no cover - exercised on Windows only
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["MANIFEST_VERSION", "ChunkedOutput", "OutputError", "input_identity"]
+__all__ = ["MANIFEST_VERSION", "ChunkedOutput", "OutputError", "input_signature"]
 
 # Bump when the layout of the work folder changes, so that old folders are refused clearly.
 MANIFEST_VERSION = 1
@@ -47,7 +47,7 @@ class OutputError(ValueError):
     """The output cannot be written as asked; the message is one line meant for a user."""
 
 
-def input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
+def input_signature(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Identify an input file by its size, modification time and the SHA-256 of its first MiB.
 
     Cheap on files of any size, and any edit that keeps the size and the first MiB also
@@ -56,10 +56,10 @@ def input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from sk_instructor._cli.chunked_output import input_identity
+    >>> from sk_instructor._cli.chunked_output import input_signature
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "texts.csv"
     >>> _ = path.write_text("text\\nhello\\n")
-    >>> sorted(input_identity(path))
+    >>> sorted(input_signature(path))
     ['mtime_ns', 'sha256_first_mib', 'size']
     """
     status = os.stat(path)

