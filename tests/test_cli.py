@@ -337,10 +337,10 @@ def _interrupt_after(monkeypatch, n_chunks: int) -> list[int]:
     written: list[int] = []
     original = ChunkedOutput.write_chunk
 
-    def write_chunk(self, index, table):
+    def write_chunk(self, index, *args, **kwargs):
         if len(written) == n_chunks:
             raise KeyboardInterrupt
-        original(self, index, table)
+        original(self, index, *args, **kwargs)
         written.append(index)
 
     monkeypatch.setattr(ChunkedOutput, "write_chunk", write_chunk)

@@ -29,22 +29,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 try:  # POSIX only; elsewhere two runs on the same output are not kept apart.
     import fcntl
 except ImportError:  # pragma: no cover - exercised on Windows only
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["MANIFEST_VERSION", "ChunkedOutput", "OutputError", "input_signature"]
+from .errors import OutputError
+
+__all__ = ["MANIFEST_VERSION", "ChunkedOutput", "input_signature"]
 
 # Bump when the layout of the work folder changes, so that old folders are refused clearly.
 MANIFEST_VERSION = 1
 _IDENTITY_HEAD_BYTES = 2**20
 _CHUNK_NAME = re.compile(r"chunk-(\d{6,})\.parquet")
-
-
-class OutputError(ValueError):
-    """The output cannot be written as asked; the message is one line meant for a user."""
 
 
 def input_signature(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -83,14 +83,12 @@ class ChunkedOutput:
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> import numpy as np, pyarrow as pa
+    >>> import numpy as np
     >>> from sk_instructor._cli.chunked_output import ChunkedOutput
     >>> output = pathlib.Path(tempfile.mkdtemp()) / "vectors.npy"
     >>> with ChunkedOutput(output, {"chunk_size": 2}) as parts:
     ...     for index, rows in enumerate([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8]]]):
-    ...         vectors = np.asarray(rows, dtype=np.float32)
-    ...         table = pa.table({"embedding": ChunkedOutput.vector_column(vectors)})
-    ...         parts.write_chunk(index, table)
+    ...         parts.write_chunk(index, np.asarray(rows, dtype=np.float32))
     ...     parts.assemble(n_chunks=2, embedding_column="embedding")
     3
     >>> np.load(output).shape
@@ -157,8 +155,6 @@ class ChunkedOutput:
 
     def completed_chunks(self) -> dict[int, int]:
         """Chunk index -> rows, for every chunk file present."""
-        import pyarrow.parquet as pq
-
         found = {}
         for path in self.parts.glob("chunk-*.parquet"):
             match = _CHUNK_NAME.fullmatch(path.name)
@@ -169,8 +165,6 @@ class ChunkedOutput:
 
     def has_chunk(self, index: int, n_rows: int) -> bool:
         """Whether chunk ``index`` is already written, with ``n_rows`` rows."""
-        import pyarrow.parquet as pq
-
         path = self.chunk_path(index)
         try:
             return pq.read_metadata(path).num_rows == n_rows
@@ -178,23 +172,31 @@ class ChunkedOutput:
             # Absent, or (after a disk fault, never after a crash) unreadable: compute again.
             return False
 
-    def write_chunk(self, index: int, table: Any) -> None:
-        """Commit one chunk: written to a temporary file, synced, renamed into place."""
-        import pyarrow.parquet as pq
+    def write_chunk(
+        self,
+        index: int,
+        vectors: np.ndarray,
+        *,
+        embedding_column: str = "embedding",
+        ids: Any = None,
+        id_column: str | None = None,
+    ) -> None:
+        """Commit one chunk: written to a temporary file, synced, renamed into place.
 
+        The chunk holds ``ids`` (when given) under ``id_column`` and the rows of ``vectors``
+        as one ``fixed_size_list<float32>[dim]`` column named ``embedding_column``.
+        """
+        # A new table: the input's schema metadata (pandas' index description, say)
+        # describes the input's columns, not the output's.
+        columns = {id_column: ids} if ids is not None else {}
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+        columns[embedding_column] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+        table = pa.table(columns)
         # Uncompressed: float vectors hardly compress and the chunks are short-lived.
         self._write_atomically(
             self.chunk_path(index),
             lambda handle: pq.write_table(table, handle, compression="none"),
         )
-
-    @staticmethod
-    def vector_column(vectors: np.ndarray) -> Any:
-        """A ``fixed_size_list<float32>[dim]`` array of the rows of a 2-D float32 array."""
-        import pyarrow as pa
-
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-        return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
 
     # -- the end ------------------------------------------------------------------------------
     def assemble(
@@ -245,8 +247,6 @@ class ChunkedOutput:
         return n_rows
 
     def _assemble_npy(self, target: Path, n_chunks: int, embedding_column: str) -> int:
-        import pyarrow.parquet as pq
-
         metadata = [pq.read_metadata(self.chunk_path(i)) for i in range(n_chunks)]
         n_rows = sum(m.num_rows for m in metadata)
         first = pq.read_table(self.chunk_path(0), columns=[embedding_column])
@@ -271,8 +271,6 @@ class ChunkedOutput:
         column_per_dimension: bool,
         metadata: dict[str, str],
     ) -> int:
-        import pyarrow.parquet as pq
-
         n_rows = 0
         writer = None
         try:
@@ -385,8 +383,6 @@ def _vectors(table: Any) -> np.ndarray:
 
 
 def _one_column_per_dimension(table: Any, embedding_column: str) -> Any:
-    import pyarrow as pa
-
     position = table.schema.get_field_index(embedding_column)
     vectors = _vectors(table.select([position]))
     table = table.remove_column(position)

@@ -11,6 +11,8 @@ same command is run again. Problems are reported on one line, with the traceback
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import re
 import signal
 import sys
@@ -20,9 +22,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from .. import __version__
 from .. import _params as params
 from .._instruction import DEFAULT_TEMPLATE
+from .errors import PYARROW_HINT, InputError, OutputError, one_line
 
 __all__ = ["build_parser", "main"]
 
@@ -210,10 +215,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .chunked_output import ChunkedOutput, OutputError, input_signature
-    from .table_input import InputError, open_table_input, require_pyarrow
+    # Files are read and written with pyarrow, an optional extra that --help does not need.
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise InputError(PYARROW_HINT) from None
+    from .chunked_output import ChunkedOutput, input_signature
+    from .table_input import open_table_input
 
-    require_pyarrow()
     input_path, output = Path(args.input), Path(args.output)
     output_format = _OUTPUT_FORMATS.get(output.suffix.lower())
     if output_format is None:
@@ -249,8 +258,6 @@ def _embed(args: argparse.Namespace) -> int:
                 f"(rows {shown}, counting from 0); pass --missing empty or --missing zero to "
                 f"embed them anyway"
             )
-        if table_input.n_rows == 0:
-            raise InputError(f"{input_path} has no rows")
 
     vectorizer = _build_vectorizer(args)
     engine = vectorizer._engine()
@@ -283,11 +290,6 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> int:
-    import itertools
-
-    import pyarrow as pa
-    from tqdm.auto import tqdm
-
     done_before = parts.completed_chunks()
     show = args.show_progress_bar
     if show is None:
@@ -315,12 +317,14 @@ def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> 
                 vectors = vectorizer._transform(chunk.column(args.column).to_pylist(), progress=bar)
                 # Rows written as zero vectors (--missing zero) never pass through the engine.
                 bar.update(position + chunk.num_rows - bar.n)
-                # A new table: the input's schema metadata (pandas' index description, say)
-                # describes the input's columns, not the output's.
-                columns = {args.id_column: chunk.column(args.id_column)} if args.id_column else {}
-                columns[args.embedding_column] = parts.vector_column(vectors)
-                table = pa.table(columns)
-                parts.write_chunk(index, table)
+                ids = chunk.column(args.id_column) if args.id_column else None
+                parts.write_chunk(
+                    index,
+                    vectors,
+                    embedding_column=args.embedding_column,
+                    ids=ids,
+                    id_column=args.id_column,
+                )
                 n_embedded += chunk.num_rows
     except (KeyboardInterrupt, _Terminated) as stop:
         done = parts.completed_chunks()
@@ -359,8 +363,6 @@ def _build_vectorizer(args: argparse.Namespace):
 
 
 def _provenance(args: argparse.Namespace, vectorizer) -> dict[str, str]:
-    import json
-
     return {
         "sk_instructor": json.dumps(
             {
@@ -378,9 +380,6 @@ def _provenance(args: argparse.Namespace, vectorizer) -> dict[str, str]:
 
 
 def _describe(error: BaseException) -> str:
-    from .chunked_output import OutputError
-    from .table_input import InputError, one_line
-
     if isinstance(error, (InputError, OutputError)):
         return one_line(error, limit=1000)
     if isinstance(error, (ValueError, OSError, TypeError, MemoryError)):
@@ -405,8 +404,6 @@ class _OncePerKindWarnings:
         self.seen: set[tuple[type, str]] = set()
 
     def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
-        from tqdm.auto import tqdm
-
         text = " ".join(str(message).split())
         kind = (category, re.sub(r"\d[\d,.]*", "#", text))
         if kind in self.seen:
