@@ -186,20 +186,20 @@ def test_failure_mid_transform_leaves_the_cache_consistent(tiny_t5_path, monkeyp
     cache = MemoryCache()
     texts = [f"row {k} " + "x " * k for k in range(40)]
     expected = model.encode([""] * 40, texts)
-    real_forward, calls = model._forward, []
+    real_encoder, calls = model.transformer.encoder, []
 
-    def failing_forward(*args, **kwargs):
+    def failing_encoder(**kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("simulated failure in the third batch")
-        return real_forward(*args, **kwargs)
+        return real_encoder(**kwargs)
 
-    monkeypatch.setattr(model, "_forward", failing_forward)
+    monkeypatch.setattr(model.transformer, "encoder", failing_encoder)
     with pytest.raises(RuntimeError, match="third batch"):
         model.encode([""] * 40, texts, cache=cache, batch_size=8)
     stored = cache.stats().entries
     assert stored == 16  # the two batches finished before the failure, nothing partial
-    monkeypatch.setattr(model, "_forward", real_forward)
+    monkeypatch.setattr(model.transformer, "encoder", real_encoder)
     got = model.encode([""] * 40, texts, cache=cache, batch_size=8)
     np.testing.assert_allclose(got, expected, atol=1e-6)  # other batches: float32 rounding
     assert cache.stats().hits == stored

@@ -226,36 +226,3 @@ def test_bfloat16_on_cpu_stays_close_and_returns_float32(tiny_t5_path):
     half = get_model(tiny_t5_path, device="cpu", dtype="bfloat16").encode(["", ""], texts)
     assert half.dtype == np.float32
     assert np.min(np.sum(full * half, axis=1)) > 0.99
-
-
-# -- out of memory -------------------------------------------------------------------------------
-def test_out_of_memory_halves_the_batch_and_loses_no_row(tiny_t5_path, monkeypatch):
-    model = EmbeddingModel(resolve_model(tiny_t5_path), device="cpu")
-    texts = [f"text number {k} " * (k % 5 + 1) for k in range(23)]
-    expected = model.encode([""] * len(texts), texts, batch_size=1)
-    real_forward = model._forward
-    tried, succeeded = [], []
-
-    def forward_with_small_memory(input_ids, *args, **kwargs):
-        tried.append(len(input_ids))
-        if len(input_ids) > 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        succeeded.append(len(input_ids))
-        return real_forward(input_ids, *args, **kwargs)
-
-    monkeypatch.setattr(model, "_forward", forward_with_small_memory)
-    got = model.encode([""] * len(texts), [t + " " for t in texts], token_budget=10_000)
-    np.testing.assert_allclose(got, expected, atol=1e-6)
-    assert max(tried) > 3  # a batch too large for the "device" was tried, and split
-    assert sum(succeeded) == 23 and max(succeeded) <= 3  # every row once, in smaller batches
-
-
-def test_out_of_memory_on_a_single_text_is_a_clear_error(tiny_t5_path, monkeypatch):
-    model = EmbeddingModel(resolve_model(tiny_t5_path), device="cpu")
-
-    def always_oom(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    monkeypatch.setattr(model, "_forward", always_oom)
-    with pytest.raises(MemoryError, match="single text"):
-        model.encode(["", ""], ["a", "b"])

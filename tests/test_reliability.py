@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pickle
 from concurrent.futures import ThreadPoolExecutor
 
-import joblib
 import numpy as np
 import pytest
 
@@ -52,17 +50,3 @@ def test_skops_round_trip_with_documented_trusted_types(tiny_t5_path, tmp_path):
     loaded = sio.load(path, trusted=["sk_instructor._vectorizer.InstructorVectorizer"])
     np.testing.assert_array_equal(loaded.transform(TEXTS), vectorizer.transform(TEXTS))
     assert path.stat().st_size < 100_000
-
-
-@pytest.mark.parametrize("dumps", [pickle.dumps, "joblib"])
-def test_pickle_and_joblib_round_trip(tiny_t5_path, tmp_path, dumps):
-    vectorizer = InstructorVectorizer(tiny_t5_path, device="cpu").fit(TEXTS)
-    if dumps == "joblib":
-        path = tmp_path / "vectorizer.joblib"
-        joblib.dump(vectorizer, path)
-        size, loaded = path.stat().st_size, joblib.load(path)
-    else:
-        payload = dumps(vectorizer)
-        size, loaded = len(payload), pickle.loads(payload)
-    assert size < 100_000  # parameters only: the weights stay in the checkpoint folder
-    np.testing.assert_array_equal(loaded.transform(TEXTS), vectorizer.transform(TEXTS))

@@ -49,7 +49,9 @@ class EmbeddingModel:
     """A loaded sentence-transformers checkpoint ready to embed (instruction, text) pairs.
 
     Obtain instances through :func:`sk_instructor._engine.registry.get_model`, so that each
-    checkpoint is loaded once per process and shared.
+    checkpoint is loaded once per process and shared. ``pipelined`` (default: on accelerators)
+    tokenizes the next block in a thread while the device encodes, and copies results back in
+    groups.
 
     The stages run in the order of the checkpoint's ``modules.json``, except that the
     ``normalize`` argument of :meth:`encode` decides about unit length: ``True`` ends the chain
@@ -57,7 +59,14 @@ class EmbeddingModel:
     vectors), ``False`` leaves any Normalize stage out.
     """
 
-    def __init__(self, resolved: ResolvedModel, *, device: str, dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        resolved: ResolvedModel,
+        *,
+        device: str,
+        dtype: str = "auto",
+        pipelined: bool | None = None,
+    ) -> None:
         self.device = device
         self._resolved = resolved
         settings = LoadSettings(device=device, dtype=dtype)
@@ -81,8 +90,8 @@ class EmbeddingModel:
         self._fingerprint = resolved.fingerprint
         # On an accelerator the CPU works ahead: it tokenizes the next block in a thread and
         # leaves results on the device, copied back in groups. On the CPU the two would only
-        # compete for the same cores.
-        self._pipelined = not device.startswith("cpu")
+        # compete for the same cores (tests force it there with pipelined=True).
+        self._pipelined = not device.startswith("cpu") if pipelined is None else pipelined
         self._counter_lock = threading.Lock()
         self.n_encoded = 0
 
