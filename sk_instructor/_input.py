@@ -36,13 +36,17 @@ class TextColumn:
     index: Any = None
 
 
-def read_text_column(X: Any, *, parameter: str = "X") -> TextColumn:
+def read_text_column(
+    X: Any, *, parameter: str = "X", per_row_instructions: bool = False
+) -> TextColumn:
     """Extract the texts of ``X`` (one per row), checking types row by row.
 
     Accepted: a list or tuple of str, a 1-D numpy array (or a single column ``(n, 1)``), a
     pandas or polars Series, a pandas or polars DataFrame with one column, a pyarrow array,
-    any other iterable of str, or the model card's rows ``[instruction, text]`` /
-    ``[instruction, text, flag]``.
+    or any other iterable of str. With ``per_row_instructions``, rows are the model card's
+    ``[instruction, text]`` / ``[instruction, text, flag]`` instead, as a list of lists or
+    tuples or as an ``(n, 2)`` / ``(n, 3)`` array; otherwise such rows are refused, so that a
+    list of sentence pairs is never read as instructions by mistake.
 
     Raises
     ------
@@ -50,8 +54,9 @@ def read_text_column(X: Any, *, parameter: str = "X") -> TextColumn:
         A bare string, a frame or array with no or several columns, or an array of more than
         2-D.
     TypeError
-        A value that is neither text nor missing (numbers, bytes...), naming its row; a
-        sparse matrix; an unordered container (set, dict).
+        A value that is neither text nor missing (numbers, bytes, a row of several values
+        without ``per_row_instructions``), naming its row; a sparse matrix; an unordered
+        container (set, dict).
     """
     if isinstance(X, (str, bytes)):
         # The wording of sklearn's own text vectorizers, which reject a bare string the same way.
@@ -82,6 +87,8 @@ def read_text_column(X: Any, *, parameter: str = "X") -> TextColumn:
             index = X.index
     elif hasattr(X, "to_pylist"):  # pyarrow Array / ChunkedArray: keeps nulls as None
         values = X.to_pylist()
+    elif per_row_instructions and isinstance(X, np.ndarray) and X.ndim == 2:
+        values = X.tolist()  # rows of [instruction, text(, flag)]
     elif isinstance(X, np.ndarray) or hasattr(X, "__array__"):
         values = _array_values(np.asarray(X), parameter)
     elif isinstance(X, (Set, Mapping)):
@@ -95,8 +102,8 @@ def read_text_column(X: Any, *, parameter: str = "X") -> TextColumn:
             f"{parameter} must be a list, array, Series or one-column DataFrame of texts; got "
             f"{type(X).__name__}."
         )
-    if values and all(_is_pair_row(value) for value in values):
-        return _read_pair_rows(values, parameter)
+    if per_row_instructions:
+        return _read_pair_rows(values, parameter, index)
     texts: list[str | None] = []
     missing_rows = []
     for row, value in enumerate(values):
@@ -176,7 +183,15 @@ def _is_pair_row(value: Any) -> bool:
     )
 
 
-def _read_pair_rows(values: list, parameter: str) -> TextColumn:
+def _read_pair_rows(values: list, parameter: str, index: Any = None) -> TextColumn:
+    for row, value in enumerate(values):
+        if not _is_pair_row(value):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise TypeError(
+                f"{parameter} {_describe_row(row, index)} is {type(value).__name__} {shown}, "
+                f"not an [instruction, text] row; with per_row_instructions=True every row is "
+                f"[instruction, text] or [instruction, text, flag]."
+            )
     # The third element was a query/document flag in the research code; the released
     # InstructorEmbedding 1.0.1 ignored it, and so do we.
     instructions = [value[0] for value in values]
@@ -204,8 +219,8 @@ def _not_text_message(parameter: str, row: int, value: Any, index: Any = None) -
         hint = "Decode bytes first, e.g. value.decode('utf-8')."
     elif isinstance(value, (list, tuple)):
         hint = (
-            "Rows [instruction, text] or [instruction, text, 0] are accepted only when every "
-            "row has that form."
+            "Rows [instruction, text] or [instruction, text, 0] carry their own instruction "
+            "only with per_row_instructions=True."
         )
     else:
         hint = "Convert the column to str first if that is intended (e.g. X.astype(str))."

@@ -19,6 +19,7 @@ defaults come from here (``DEFAULTS``).
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -42,6 +43,7 @@ __all__ = [
     "fill_parameter_docs",
     "from_cli",
     "positive_int",
+    "restore_defaults",
     "values",
 ]
 
@@ -293,6 +295,19 @@ ENGINE = (
     "revision",
     "local_files_only",
 )
+
+
+def restore_defaults(estimator: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every ``__init__`` parameter it lacks set to its default.
+
+    A pickle written by an earlier version holds the parameters of that version only; a
+    parameter added since then takes its default, so the estimator loads and behaves as it did.
+    """
+    signature = inspect.signature(type(estimator).__init__)
+    for name, parameter in signature.parameters.items():
+        if name != "self" and parameter.default is not inspect.Parameter.empty:
+            state.setdefault(name, parameter.default)
+    return state
 
 
 def constraints(names: Iterable[str]) -> dict[str, list]:

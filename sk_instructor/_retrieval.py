@@ -334,6 +334,9 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         tags.non_deterministic = False
         return tags
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(params.restore_defaults(self, state))
+
     # -- internals -----------------------------------------------------------------------------
     def _vectorizer(self, instruction: str) -> InstructorVectorizer:
         # Cosine search on unit vectors: the dot product is the cosine.

@@ -51,13 +51,18 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     Parameters
     ----------
     .. shared parameters:: model, instruction, domain, text_type, objective, template
+    per_row_instructions : bool, default=False
+        Read each row of ``X`` as the model card's ``[instruction, text]`` or
+        ``[instruction, text, flag]`` and embed its text under its own instruction (the flag is
+        ignored, as in InstructorEmbedding 1.0.1). ``instruction`` must then be None, and
+        ``instruction_`` is None. Without it, such rows are refused.
     .. shared parameters:: batch_size, device, dtype, max_seq_length, normalize, missing
     .. shared parameters:: show_progress_bar, cache, revision, local_files_only
 
     Attributes
     ----------
-    instruction_ : str
-        The instruction actually applied.
+    instruction_ : str or None
+        The instruction actually applied; None with ``per_row_instructions``.
     embedding_dim_ : int
         Length of each embedding.
     device_ : str
@@ -79,8 +84,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     sklearn's text vectorizers do; so are numbers and bytes (convert them first). For several
     text columns use a :class:`~sklearn.compose.ColumnTransformer` with one vectorizer per
     column. Rows ``[instruction, text]`` or ``[instruction, text, 0]`` (the model card's form)
-    embed each text under its own instruction; the third element is ignored, as in
-    InstructorEmbedding 1.0.1.
+    embed each text under its own instruction when ``per_row_instructions=True``.
 
     Examples
     --------
@@ -115,9 +119,10 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     (2, 2)
     """
 
-    _parameter_constraints: ClassVar[dict] = params.constraints(
-        ("model", *params.INSTRUCTION, *params.ENGINE)
-    )
+    _parameter_constraints: ClassVar[dict] = {
+        **params.constraints(("model", *params.INSTRUCTION, *params.ENGINE)),
+        "per_row_instructions": ["boolean"],
+    }
 
     def __init__(
         self,
@@ -128,6 +133,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         text_type: str | None = DEFAULTS["text_type"],
         objective: str | None = DEFAULTS["objective"],
         template: str = DEFAULTS["template"],
+        per_row_instructions: bool = False,
         batch_size: int | None = DEFAULTS["batch_size"],
         device: str = DEFAULTS["device"],
         dtype: str = DEFAULTS["dtype"],
@@ -145,6 +151,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.text_type = text_type
         self.objective = objective
         self.template = template
+        self.per_row_instructions = per_row_instructions
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
@@ -200,8 +207,8 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         Parameters
         ----------
         X : list of str, 1-D array, Series, or one-column DataFrame
-            Texts to embed. Model-card style rows ``[instruction, text]`` or
-            ``[instruction, text, 0]`` embed each text under its own instruction.
+            Texts to embed; with ``per_row_instructions``, rows ``[instruction, text]`` or
+            ``[instruction, text, 0]``, each text embedded under its own instruction.
 
         Returns
         -------
@@ -213,7 +220,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     def _transform(self, X: Any, *, progress: Any = None) -> np.ndarray:
         """``transform``, advancing an outside progress bar (the command line's) if given."""
         check_is_fitted(self, "embedding_dim_")
-        column = read_text_column(X)
+        column = self._read(X)
         validate_data(self, X, reset=False, skip_check_array=True, ensure_2d=False)
         return self._embed(column, progress=progress)
 
@@ -254,9 +261,9 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         return tags
 
     def __setstate__(self, state: dict) -> None:
+        super().__setstate__(params.restore_defaults(self, state))
         # A vectorizer fitted on a GPU machine keeps working where there is none: the device is
         # resolved again when the recorded one is missing here.
-        super().__setstate__(state)
         recorded = state.get("device_")
         if recorded is not None and not recorded.startswith("cpu"):
             from ._engine.device import resolve_device
@@ -274,7 +281,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
 
     # -- internals -----------------------------------------------------------------------------
     def _fit(self, X: Any) -> TextColumn:
-        column = read_text_column(X)
+        column = self._read(X)
         if not column.texts:
             raise ValueError(
                 "Found array with 0 sample(s) (shape=(0,)) while a minimum of 1 is required: "
@@ -291,10 +298,16 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
 
         self.device_ = resolve_device(self.device)
         engine = self._engine()
-        # A max_seq_length the encoder cannot take fails here, at fit, not at the first transform.
+        # A max_seq_length the encoder cannot take, or an instruction that leaves it no room for
+        # text, fails here, at fit, not at the first transform.
         engine.check_max_seq_length(self.max_seq_length)
+        if self.instruction_ is not None:
+            engine.check_instruction(self.instruction_, self.max_seq_length)
         self.embedding_dim_ = engine.embedding_dim
         return column
+
+    def _read(self, X: Any) -> TextColumn:
+        return read_text_column(X, per_row_instructions=self.per_row_instructions)
 
     def _check_missing(self, column: TextColumn) -> None:
         if column.missing_rows and self.missing == "error":
@@ -304,7 +317,15 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 f"missing='empty' (embed an empty text) or missing='zero' (zero vectors)."
             )
 
-    def _resolve_instruction(self) -> str:
+    def _resolve_instruction(self) -> str | None:
+        if self.per_row_instructions:
+            if self.instruction is not None:
+                raise ValueError(
+                    f"instruction={self.instruction!r} and per_row_instructions=True: every "
+                    f"row carries its own instruction, so the configured one would never be "
+                    f"used; set one or the other."
+                )
+            return None
         if self.instruction is None:
             return format_instruction(
                 self.template,

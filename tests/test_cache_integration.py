@@ -76,7 +76,7 @@ def test_cached_vectors_equal_fresh_ones(tiny_t5_path):
     [
         {"model": "other weights"},
         {"instruction": "Represent the Science title: "},
-        {"max_seq_length": 8},
+        {"max_seq_length": 10},
         {"normalize": False},
         {"dtype": "bfloat16"},
     ],

@@ -89,9 +89,9 @@ def test_truncation_warns_once_with_the_count(tiny_t5_path):
 
 def test_user_max_seq_length_overrides_the_checkpoint(tiny_t5_path):
     instruction, text = "Represent the Science title: ", "one two three four five six seven"
-    expected = ReferenceInstructor(tiny_t5_path, max_len=12).embed(instruction, text)
-    with pytest.warns(UserWarning, match="max_seq_length=12"):
-        got = get_model(tiny_t5_path, device="cpu").encode([instruction], [text], max_seq_length=12)
+    expected = ReferenceInstructor(tiny_t5_path, max_len=14).embed(instruction, text)
+    with pytest.warns(UserWarning, match="max_seq_length=14"):
+        got = get_model(tiny_t5_path, device="cpu").encode([instruction], [text], max_seq_length=14)
     np.testing.assert_allclose(got[0], expected, atol=1e-5)
 
 

@@ -158,10 +158,10 @@ def test_any_texts_and_missing_values_give_finite_rows_or_a_named_error(
 
 @settings(max_examples=30, deadline=None)
 @given(rows=st.lists(st.tuples(TEXTS, st.one_of(TEXTS, MISSING_VALUES)), min_size=1, max_size=5))
-def test_model_card_rows_with_any_instruction_and_text_embed_to_finite_rows(
-    vectorizers, tiny_t5_path, rows
-):
-    vectorizer = vectorizers["empty"]
+def test_model_card_rows_with_any_instruction_and_text_embed_to_finite_rows(tiny_t5_path, rows):
+    vectorizer = InstructorVectorizer(
+        tiny_t5_path, cache=None, missing="empty", per_row_instructions=True
+    ).fit([["", "fit"]])
     output = _embed_alone(vectorizer, [list(row) for row in rows])
     _assert_embeddings(output, len(rows), vectorizer.embedding_dim_)
     for position, (instruction, text) in enumerate(rows):
@@ -250,8 +250,9 @@ def test_a_surrogate_in_the_instruction_or_a_model_card_row_embeds(tiny_t5_path)
     odd = InstructorVectorizer(tiny_t5_path, cache=None, instruction="Represent \ud800: ")
     replaced = InstructorVectorizer(tiny_t5_path, cache=None, instruction="Represent \ufffd: ")
     assert_allclose(odd.fit_transform(["text"]), replaced.fit_transform(["text"]), atol=1e-6)
-    rows = odd.transform([["Represent \udc00: ", "text \ud800"]])
-    expected = replaced.transform([["Represent \ufffd: ", "text \ufffd"]])
+    by_row = InstructorVectorizer(tiny_t5_path, cache=None, per_row_instructions=True)
+    rows = by_row.fit_transform([["Represent \udc00: ", "text \ud800"]])
+    expected = by_row.transform([["Represent \ufffd: ", "text \ufffd"]])
     assert_allclose(rows, expected, atol=1e-6)
 
 
@@ -325,12 +326,11 @@ def test_a_one_megabyte_text_is_truncated_quickly(any_model, kind):
 
 
 @pytest.mark.timeout(60)
-def test_a_one_megabyte_instruction_is_truncated_quickly(tiny_t5_path):
+def test_a_one_megabyte_instruction_is_refused_quickly(tiny_t5_path):
+    # It would fill the window: every text would be cut to nothing and get the same vector.
     vectorizer = InstructorVectorizer(tiny_t5_path, cache=None, instruction="Represent " * 100_000)
-    with pytest.warns(UserWarning, match="truncated"):
-        output = vectorizer.fit_transform(["a text", ""])
-    _assert_embeddings(output, 2, vectorizer.embedding_dim_)
-    assert_allclose(np.linalg.norm(output, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"the instruction takes \d+ of the 64 tokens"):
+        vectorizer.fit_transform(["a text", ""])
 
 
 @pytest.mark.timeout(120)

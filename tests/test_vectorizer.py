@@ -465,7 +465,7 @@ def test_model_card_three_element_rows_use_their_own_instructions(tiny_t5_path, 
         ["Represent the Financial statement: ", TEXTS[1], 1],
         ["Represent the sentence: ", TEXTS[2], 0],
     ]
-    vectorizer = InstructorVectorizer(tiny_t5_path, domain="Medicine").fit(TEXTS)
+    vectorizer = InstructorVectorizer(tiny_t5_path, per_row_instructions=True).fit(rows)
     vectors = vectorizer.transform(rows)
     expected = np.stack([reference.embed(row[0], row[1]) for row in rows])
     assert_allclose(vectors, expected, atol=1e-5)

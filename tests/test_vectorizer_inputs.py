@@ -14,6 +14,7 @@ import pytest
 import scipy.sparse as sp
 from numpy.testing import assert_allclose
 from reference_instructor import ReferenceInstructor
+from sklearn.base import clone
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from sk_instructor import InstructorVectorizer
@@ -240,12 +241,17 @@ def test_missing_zero_when_every_row_is_missing(tiny_t5_path):
 def test_missing_text_in_model_card_rows_follows_the_missing_parameter(tiny_t5_path, reference):
     rows = [["Represent the title: ", TEXTS[0]], ["Represent the title: ", None]]
     with pytest.raises(ValueError, match=r"row position\(s\) \[1\]"):
-        InstructorVectorizer(tiny_t5_path).fit_transform(rows)
-    vectors = InstructorVectorizer(tiny_t5_path, missing="zero").fit_transform(rows)
+        InstructorVectorizer(tiny_t5_path, per_row_instructions=True).fit_transform(rows)
+    vectors = InstructorVectorizer(
+        tiny_t5_path, missing="zero", per_row_instructions=True
+    ).fit_transform(rows)
     assert_allclose(vectors[0], reference.embed("Represent the title: ", TEXTS[0]), atol=1e-5)
     assert_allclose(vectors[1], 0.0)
 
 
 def test_mixing_model_card_rows_and_plain_texts_is_rejected_naming_the_row(vectorizer):
-    with pytest.raises(TypeError, match=r"X row 1 is list.*only when every row has that form"):
-        vectorizer.fit([TEXTS[0], ["Represent the title: ", TEXTS[1]]])
+    mixed = [TEXTS[0], ["Represent the title: ", TEXTS[1]]]
+    with pytest.raises(TypeError, match=r"X row 1 is list.*only with per_row_instructions=True"):
+        vectorizer.fit(mixed)
+    with pytest.raises(TypeError, match=r"X row 0 is str.*not an \[instruction, text\] row"):
+        clone(vectorizer).set_params(per_row_instructions=True).fit(mixed)

@@ -90,13 +90,17 @@ class EmbeddingCache(ABC):
     def __deepcopy__(self, memo: dict[int, Any]) -> EmbeddingCache:
         return self
 
-    def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
+    def get_many(self, keys: Sequence[str], *, dim: int | None = None) -> list[np.ndarray | None]:
         """Look up vectors; count a hit per key found and a miss per key not found.
 
         Parameters
         ----------
         keys : sequence of str
             Keys from :func:`make_key`; duplicates are allowed and counted each time.
+        dim : int or None, default=None
+            The length every vector must have. A stored row of another length, or one that
+            is not finite, cannot be the engine's: it counts as a miss (and is overwritten
+            when the text is encoded again) instead of being served.
 
         Returns
         -------
@@ -108,6 +112,13 @@ class EmbeddingCache(ABC):
             return []
         with self._lock:
             found = self._lookup(keys)
+            if dim is not None:
+                found = [
+                    vector
+                    if vector is not None and vector.shape == (dim,) and np.isfinite(vector).all()
+                    else None
+                    for vector in found
+                ]
             hits = sum(vector is not None for vector in found)
             self._count(hits=hits, misses=len(keys) - hits)
         return found

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import numbers
 import os
+import stat
 import struct
 import threading
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from .._exceptions import CheckpointError
 
 __all__ = ["CACHE_FORMAT_VERSION", "FINGERPRINT_VERSION", "fingerprint_folder", "make_key"]
 
@@ -167,19 +170,26 @@ def _is_skipped(name: str) -> bool:
 
 
 def _model_files(root: Path) -> list[tuple[str, str, os.stat_result]]:
-    """Return ``(relative posix path, absolute path, stat)`` of every file that counts."""
+    """Return ``(relative posix path, absolute path, stat)`` of every file that counts.
+
+    Hub snapshots are made of links into a blob store beside the snapshot, so a link to a file
+    is followed wherever it leads (the loader reads the same target). A link to a folder is
+    followed only inside the model folder: one leading elsewhere (``/usr``) is not part of the
+    model, and a loop is walked once. A broken link holds nothing the loader could read and is
+    left out. Anything but a regular file (a FIFO, a device) is refused: reading it could block
+    forever, or never end.
+    """
 
     def raise_error(error: OSError) -> None:
         # Skipping an unreadable subfolder would silently leave its files out of the fingerprint.
         raise error
 
+    real_root = os.path.realpath(root)
     files = []
     seen_folders = set()
-    # Hub snapshots are made of symlinks into a blob store, so links are followed; the set
-    # of visited real paths stops a link cycle.
     for folder, subfolders, names in os.walk(root, onerror=raise_error, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen_folders:
+        if real in seen_folders or os.path.commonpath([real, real_root]) != real_root:
             subfolders[:] = []
             continue
         seen_folders.add(real)
@@ -188,8 +198,17 @@ def _model_files(root: Path) -> list[tuple[str, str, os.stat_result]]:
             if _is_skipped(name):
                 continue
             absolute = os.path.join(folder, name)
+            try:
+                status = os.stat(absolute)
+            except OSError:  # a broken link, or a loop of links
+                continue
+            if not stat.S_ISREG(status.st_mode):
+                raise CheckpointError(
+                    f"{absolute} is not a regular file; a model folder holds regular files "
+                    f"only (reading a FIFO or a device could block forever)."
+                )
             relative = Path(os.path.relpath(absolute, root)).as_posix()
-            files.append((relative, absolute, os.stat(absolute)))
+            files.append((relative, absolute, status))
     files.sort(key=lambda item: item[0])
     return files
 
@@ -249,8 +268,9 @@ def fingerprint_folder(path: str | os.PathLike[str]) -> str:
         If ``path`` does not exist.
     NotADirectoryError
         If ``path`` is not a folder.
-    ValueError
-        If the folder holds no file that counts.
+    CheckpointError
+        If the folder holds no file that counts, or something other than regular files (a
+        FIFO, a device).
 
     Examples
     --------
@@ -272,7 +292,7 @@ def fingerprint_folder(path: str | os.PathLike[str]) -> str:
         )
     files = _model_files(root)
     if not files:
-        raise ValueError(
+        raise CheckpointError(
             f"fingerprint_folder: {str(root)!r} holds no model files (README.md and hidden "
             f"files do not count)"
         )

@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._exceptions import CheckpointError, ModelNotFoundError
 
-__all__ = ["ResolvedModel", "StageSpec", "read_json", "read_stages", "resolve_model"]
+__all__ = [
+    "MAX_JSON_BYTES",
+    "ResolvedModel",
+    "StageSpec",
+    "inside",
+    "read_json",
+    "read_stages",
+    "regular_file",
+    "resolve_model",
+]
+
+# No configuration file of a checkpoint comes near this (a sharded index of a large model is a
+# few hundred KB); a larger one is not a config, and reading it could exhaust memory.
+MAX_JSON_BYTES = 16 * 2**20
 
 # The last component of the dotted ``type`` in modules.json decides the stage. Both
 # sentence-transformers' names and InstructorEmbedding's own subclasses appear in published files.
@@ -59,22 +73,75 @@ class ResolvedModel:
 
     ``fingerprint`` names the weights for cache keys: ``hub:<id>@<commit>`` for hub models (the
     snapshot folder's commit hash), or ``None`` for a local folder, whose fingerprint is computed
-    from its files only when a cache needs it.
+    from its files when they are loaded.
     """
 
     folder: Path
     fingerprint: str | None
 
 
+def regular_file(path: Path, *, what: str) -> os.stat_result:
+    """Stat ``path`` (following links) and refuse anything but a regular file.
+
+    A FIFO would block the reader forever and a device (``/dev/zero``) never ends, so no file
+    of a checkpoint is opened before this says it is a plain file.
+    """
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{what}: required file {path} is missing.") from None
+    except OSError as exc:
+        raise CheckpointError(f"{what}: cannot read {path} ({exc.strerror}).") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise CheckpointError(
+            f"{what}: {path} is not a regular file ({_file_kind(status.st_mode)}); a checkpoint "
+            f"is made of regular files only."
+        )
+    return status
+
+
 def read_json(path: Path, *, what: str) -> Any:
-    """Read a JSON file, turning a missing or malformed file into a CheckpointError naming it."""
+    """Read a JSON file of a checkpoint, turning a missing, non-regular, oversized or malformed
+    file into a CheckpointError naming it."""
+    status = regular_file(path, what=what)
+    if status.st_size > MAX_JSON_BYTES:
+        raise CheckpointError(
+            f"{what}: {path} is too large for a configuration file ({status.st_size:,} bytes; "
+            f"at most {MAX_JSON_BYTES:,})."
+        )
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
-    except FileNotFoundError:
-        raise CheckpointError(f"{what}: required file {path} is missing.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{what}: {path} is not valid JSON ({exc}).") from None
+
+
+def inside(folder: Path, name: str, *, what: str) -> Path:
+    """The file ``name`` of ``folder``, refusing a name that leads outside it.
+
+    Names come from the checkpoint's own files (``modules.json`` paths, a sharded index's
+    ``weight_map``), so an absolute name or one through ``..`` could make us read any file of
+    the machine, which the fingerprint of the folder would not cover either.
+    """
+    if not isinstance(name, str) or os.path.isabs(name) or ".." in Path(name).parts:
+        raise CheckpointError(
+            f"{what}: {name!r} leads outside the checkpoint folder {folder}; only paths inside "
+            f"it are read."
+        )
+    return folder / name
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a plain file"
 
 
 def read_stages(folder: Path) -> list[StageSpec]:
@@ -100,10 +167,16 @@ def read_stages(folder: Path) -> list[StageSpec]:
                 f"{path}: entry {position} has unknown module type {type_name!r}; supported "
                 f"types are sentence-transformers' Transformer, Pooling, Dense and Normalize."
             )
-        relative = entry.get("path", "")
-        if not isinstance(relative, str) or os.path.isabs(relative) or ".." in Path(relative).parts:
-            raise CheckpointError(f"{path}: entry {position} has an invalid path {relative!r}.")
-        stages.append(StageSpec(kind=kind, folder=folder / relative))
+        stage_folder = inside(folder, entry.get("path", ""), what=f"{path}, entry {position}")
+        # A stage folder that is a link out of the checkpoint would be read, but not covered
+        # by the folder's fingerprint.
+        real_root, real = os.path.realpath(folder), os.path.realpath(stage_folder)
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise CheckpointError(
+                f"{path}, entry {position}: {stage_folder} is a link to {real}, outside the "
+                f"checkpoint folder; only folders inside it are read."
+            )
+        stages.append(StageSpec(kind=kind, folder=stage_folder))
     kinds = [stage.kind for stage in stages]
     if kinds[0] != "transformer" or kinds.count("transformer") != 1:
         raise CheckpointError(f"{path}: the first and only Transformer stage must come first.")

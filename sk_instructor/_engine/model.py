@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .._cache.keys import fingerprint_folder, make_key
+from .._exceptions import CheckpointError
 from .batching import DEFAULT_TOKEN_BUDGET, plan_batches
 from .checkpoint import ResolvedModel, read_stages
 from .stages import STAGE_TYPES, Features, LoadSettings
@@ -40,6 +41,8 @@ _BLOCK_SIZE = 8192
 # starts after a short tokenization instead of waiting for 8192 texts, and each later block is
 # tokenized while the device encodes the one before.
 _FIRST_BLOCK_SIZE = 512
+# Times a model folder is read again when its files change while they are read.
+_LOAD_ATTEMPTS = 3
 # On accelerators, results stay on the device and are copied back in groups of this many rows:
 # a copy per batch would make the CPU wait for the GPU after every batch.
 _DEVICE_FLUSH_ROWS = 4096
@@ -70,12 +73,19 @@ class EmbeddingModel:
         self.device = device
         self._resolved = resolved
         settings = LoadSettings(device=device, dtype=dtype)
-        stages = []
-        width = None
-        for spec in read_stages(resolved.folder):
-            stage = STAGE_TYPES[spec.kind].load(spec.folder, input_dim=width, settings=settings)
-            width = stage.output_dim or width
-            stages.append(stage)
+        # The fingerprint names exactly the weights loaded: it is taken before and after
+        # reading them, and a folder rewritten in between is read again.
+        for _ in range(_LOAD_ATTEMPTS):
+            before = resolved.fingerprint or fingerprint_folder(resolved.folder)
+            stages, width = _load_stages(resolved.folder, settings)
+            after = resolved.fingerprint or fingerprint_folder(resolved.folder)
+            if before == after:
+                break
+        else:
+            raise CheckpointError(
+                f"the files of {resolved.folder} kept changing while they were read; load the "
+                f"model again once they are written."
+            )
         self.transformer: Transformer = stages[0]
         self._pooling: Pooling = next(stage for stage in stages if isinstance(stage, Pooling))
         # The chain after the encoder, with the checkpoint's Normalize stages taken out:
@@ -87,7 +97,7 @@ class EmbeddingModel:
         self.model_type = self.transformer.model_type
         self.max_seq_length = self.transformer.max_seq_length
         self._tokenizer = self.transformer.tokenizer
-        self._fingerprint = resolved.fingerprint
+        self.fingerprint: str = after
         # On an accelerator the CPU works ahead: it tokenizes the next block in a thread and
         # leaves results on the device, copied back in groups. On the CPU the two would only
         # compete for the same cores (tests force it there with pipelined=True).
@@ -95,12 +105,11 @@ class EmbeddingModel:
         self._counter_lock = threading.Lock()
         self.n_encoded = 0
 
-    @property
-    def fingerprint(self) -> str:
-        """``hub:<id>@<commit>`` for hub models, a fingerprint of the files for local folders."""
-        if self._fingerprint is None:
-            self._fingerprint = fingerprint_folder(self._resolved.folder)
-        return self._fingerprint
+    def is_current(self) -> bool:
+        """Whether the checkpoint's files still hold the weights that were loaded."""
+        if self._resolved.fingerprint is not None:  # a hub snapshot: its commit never changes
+            return True
+        return fingerprint_folder(self._resolved.folder) == self.fingerprint
 
     @property
     def pooling_description(self) -> str:
@@ -111,6 +120,10 @@ class EmbeddingModel:
         return self._tokenizer.instruction_length(
             instruction, max_seq_length or self.max_seq_length
         )
+
+    def check_instruction(self, instruction: str, max_seq_length: int | None = None) -> None:
+        """Raise ValueError when ``instruction`` leaves no room for text in the window."""
+        self._tokenizer.check_room_for_text(instruction, self.check_max_seq_length(max_seq_length))
 
     # -- the public entry point ----------------------------------------------------------------
     def encode(
@@ -143,6 +156,8 @@ class EmbeddingModel:
         if n_rows == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
 
+        for instruction in set(instructions):
+            self._tokenizer.check_room_for_text(instruction, max_len)
         # Deduplicate: the instruction and the stripped text fully determine the model input.
         unique_index: dict[tuple[str, str], int] = {}
         inverse = np.empty(n_rows, dtype=np.int64)
@@ -156,7 +171,7 @@ class EmbeddingModel:
         keys: list[str] | None = None
         if cache is not None:
             keys = self._cache_keys(pairs, max_len=max_len, normalize=normalize)
-            found = cache.get_many(keys)
+            found = cache.get_many(keys, dim=self.embedding_dim)
             hit = np.array([vector is not None for vector in found], dtype=bool)
             for position in np.flatnonzero(hit):
                 unique_vectors[position] = found[position]
@@ -250,6 +265,14 @@ class EmbeddingModel:
             return
         rows = np.concatenate([indices for indices, _ in pending])
         vectors = torch.cat([vectors for _, vectors in pending]).cpu().numpy()
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            # Never a wrong vector: none of these is returned or cached.
+            raise FloatingPointError(
+                f"the encoder gave NaN or infinite values for {int((~finite).sum())} of "
+                f"{len(rows)} texts in {str(self.dtype).replace('torch.', '')}: the activations "
+                f"overflow this precision; use dtype='float32' (or 'bfloat16' on a GPU)."
+            )
         unique_vectors[rows] = vectors
         with self._counter_lock:
             self.n_encoded += len(rows)
@@ -321,6 +344,17 @@ class EmbeddingModel:
             # Pinned host memory lets the copy run asynchronously with the previous batch.
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
+
+
+def _load_stages(folder, settings: LoadSettings) -> tuple[list, int]:
+    """Load every stage of ``modules.json`` in order; returns them and the output width."""
+    stages = []
+    width = None
+    for spec in read_stages(folder):
+        stage = STAGE_TYPES[spec.kind].load(spec.folder, input_dim=width, settings=settings)
+        width = stage.output_dim or width
+        stages.append(stage)
+    return stages, width
 
 
 def _split_blocks(todo: np.ndarray, *, pipelined: bool) -> list[np.ndarray]:

@@ -2,7 +2,7 @@
 
 Estimators never hold a model: they ask here by their parameters on each call. Clones made by
 GridSearchCV, unpickled estimators and every other component share the loaded weights, and
-pickles stay small.
+pickles stay small. A local folder whose files changed since it was loaded is loaded again.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ import os
 import threading
 from pathlib import Path
 
+import torch
+
+from .._warnings import warn
 from .checkpoint import resolve_model
 from .device import resolve_device
 from .model import EmbeddingModel
@@ -38,7 +41,9 @@ def get_model(
         name = str(local.resolve())
     key = (name, revision, resolved_device, dtype)
     loaded = _MODELS.get(key)
-    if loaded is not None:
+    # A local folder saved over (a fine-tune written to the same place) is loaded again: a
+    # model is served only while its files still hold the weights that were loaded.
+    if loaded is not None and loaded.is_current():
         return loaded
     with _GUARD:
         lock = _LOCKS.setdefault(key, threading.Lock())
@@ -46,7 +51,7 @@ def get_model(
     # model can load at the same time.
     with lock:
         loaded = _MODELS.get(key)
-        if loaded is None:
+        if loaded is None or not loaded.is_current():
             resolved = resolve_model(name, revision=revision, local_files_only=local_files_only)
             loaded = EmbeddingModel(resolved, device=resolved_device, dtype=dtype)
             _MODELS[key] = loaded
@@ -56,6 +61,25 @@ def get_model(
 def loaded_models() -> list[EmbeddingModel]:
     """The models loaded in this process (for tests and diagnostics)."""
     return list(_MODELS.values())
+
+
+def _after_fork_in_child() -> None:
+    # torch's CPU thread pool does not survive fork: a child forked after the parent has run a
+    # model would hang in its first parallel operation. One thread has no pool to hang on, so
+    # the child embeds (more slowly) instead of hanging; spawn or forkserver workers are fast.
+    if _MODELS:
+        torch.set_num_threads(1)
+        warn(
+            "this process was forked from one that had loaded a model; torch's thread pool "
+            "does not survive fork, so embedding runs on one thread here. Start workers with "
+            "the 'spawn' or 'forkserver' method (joblib's default does) for full speed.",
+            RuntimeWarning,
+            cause="forked after loading a model",
+        )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def clear_loaded_models() -> None:

@@ -46,27 +46,51 @@ class Tokenizer:
         self._tokenizer = tokenizer
         self._do_lower_case = do_lower_case
         self._lock = threading.Lock()
-        self._instruction_lengths: dict[tuple[str, int], int] = {}
+        self._instruction_tokens: dict[tuple[str, int], int] = {}
 
     @property
     def pad_token_id(self) -> int:
         return int(self._tokenizer.pad_token_id)
 
+    def instruction_tokens(self, instruction: str, max_seq_length: int) -> int:
+        """Leading tokens ``instruction`` takes in a model input of ``max_seq_length`` tokens.
+
+        The instruction stripped and tokenized alone, minus its final special token (``</s>``
+        for T5, ``[SEP]`` for BERT; a leading ``[CLS]`` counts), as InstructorEmbedding counted.
+        """
+        key = (instruction, max_seq_length)
+        count = self._instruction_tokens.get(key)
+        if count is None:
+            text = self._prepare(instruction.strip())
+            with self._lock:
+                ids = self._tokenizer(text, truncation=True, max_length=max_seq_length)["input_ids"]
+            count = self._instruction_tokens[key] = len(ids) - 1
+        return count
+
     def instruction_length(self, instruction: str, max_seq_length: int) -> int:
         """Number of leading tokens the pooling mask drops for ``instruction``."""
-        key = (instruction, max_seq_length)
-        cached = self._instruction_lengths.get(key)
-        if cached is not None:
-            return cached
-        text = self._prepare(instruction.strip())
-        with self._lock:
-            ids = self._tokenizer(text, truncation=True, max_length=max_seq_length)["input_ids"]
-        count = len(ids) - 1
+        count = self.instruction_tokens(instruction, max_seq_length)
         # Quirk kept on purpose: the published models were trained with one-token (and empty)
         # instructions left unmasked.
-        length = count if count > 1 else 0
-        self._instruction_lengths[key] = length
-        return length
+        return count if count > 1 else 0
+
+    def check_room_for_text(self, instruction: str, max_seq_length: int) -> None:
+        """Refuse an instruction that leaves no token of a ``max_seq_length`` input for text.
+
+        Every text would then be cut to nothing and get the same vector.
+        """
+        count = self.instruction_tokens(instruction, max_seq_length)
+        if count + 1 < max_seq_length:  # one text token, plus the final special token
+            return
+        text = self._prepare(instruction.strip())
+        with self._lock:  # counted in full for the message (it was cut at the window above)
+            count = len(self._tokenizer(text)["input_ids"]) - 1
+        shown = instruction if len(instruction) <= 80 else instruction[:77] + "..."
+        raise ValueError(
+            f"the instruction takes {count} of the {max_seq_length} tokens of max_seq_length "
+            f"(special tokens included), which leaves no room for the text: every text would "
+            f"get the same vector. Shorten the instruction {shown!r} or raise max_seq_length."
+        )
 
     def tokenize(
         self, instructions: list[str], texts: list[str], max_seq_length: int

@@ -9,6 +9,7 @@ rest. ``.safetensors`` files hold raw tensors only and are preferred when both e
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .._exceptions import CheckpointError
-from .checkpoint import read_json
+from .checkpoint import inside, read_json, regular_file
 
 __all__ = ["find_weight_files", "load_state_dict"]
 
@@ -29,14 +30,17 @@ def find_weight_files(folder: Path, stem: str) -> list[Path] | None:
     """
     for suffix in (".safetensors", ".bin"):
         single = folder / f"{stem}{suffix}"
-        if single.is_file():
+        if single.exists():
             return [single]
         index = folder / f"{stem}{suffix}.index.json"
-        if index.is_file():
-            weight_map = read_json(index, what="sharded checkpoint index").get("weight_map")
+        if index.exists():
+            weight_map = read_json(index, what="sharded checkpoint index")
+            weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index} has no 'weight_map' object.")
-            return [folder / name for name in sorted(set(weight_map.values()))]
+            return [
+                inside(folder, name, what=str(index)) for name in sorted(set(weight_map.values()))
+            ]
     return None
 
 
@@ -57,13 +61,19 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
         )
     state: dict[str, torch.Tensor] = {}
     for path in files:
-        state.update(_load_file(path))
+        tensors = _load_file(path)
+        for name, tensor in tensors.items():
+            # A NaN or an infinity in any weight makes every vector NaN.
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(
+                    f"{path}: tensor {name} holds NaN or infinite values; the weights are damaged."
+                )
+        state.update(tensors)
     return state
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"weight file {path} listed by the checkpoint is missing.")
+    regular_file(path, what="weight file listed by the checkpoint")
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path), device="cpu")
@@ -72,10 +82,13 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's own message goes on to explain how to load the file anyway; a refusal made for
+        # safety names what it refused and nothing else.
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        named = f" (it names {found.group(1)!r})" if found else ""
         raise CheckpointError(
-            f"refusing to load {path}: it contains pickled objects other than tensors, which "
-            f"could run code when loaded (torch.load weights_only=True refused it: "
-            f"{str(exc).splitlines()[0]})."
+            f"refusing to load {path}: it holds pickled objects other than tensors{named}, "
+            f"which could run code when loaded."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read weight file {path}: {exc}") from None

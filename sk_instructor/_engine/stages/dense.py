@@ -67,20 +67,25 @@ class Dense:
         ):
             raise CheckpointError(f"no weights for the Dense stage in {folder}.")
         state = load_state_dict(folder)
-        linear = torch.nn.Linear(n_in, n_out, bias=has_bias)
-        expected = {"linear.weight"} | ({"linear.bias"} if has_bias else set())
-        missing = expected - set(state)
+        expected = {"linear.weight": (n_out, n_in)} | (
+            {"linear.bias": (n_out,)} if has_bias else {}
+        )
+        missing = set(expected) - set(state)
         if missing:
             raise CheckpointError(f"Dense weights in {folder} lack {sorted(missing)}.")
-        try:
-            with torch.no_grad():
-                linear.weight.copy_(state["linear.weight"])
-                if has_bias:
-                    linear.bias.copy_(state["linear.bias"])
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"Dense weights in {folder} have the wrong shape: {exc}"
-            ) from None
+        # Compared before the layer is built: a config claiming a billion features must not
+        # allocate them.
+        for name, shape in expected.items():
+            if tuple(state[name].shape) != shape:
+                raise CheckpointError(
+                    f"Dense weights in {folder}: {name} has shape {tuple(state[name].shape)}, "
+                    f"but {path} needs {shape}."
+                )
+        linear = torch.nn.Linear(n_in, n_out, bias=has_bias)
+        with torch.no_grad():
+            linear.weight.copy_(state["linear.weight"])
+            if has_bias:
+                linear.bias.copy_(state["linear.bias"])
         return cls(linear.to(settings.device).eval(), _ACTIVATIONS[activation_name]())
 
     def __call__(self, features: Features) -> Features:

@@ -88,14 +88,17 @@ class Transformer:
         config_dict, sbert = _read_configs(folder)
         model_type = config_dict["model_type"]
         dtype = resolve_dtype(settings.dtype, settings.device, model_type)
+        state_dict = load_state_dict(folder)
+        # Checked before transformers builds anything: a config that asks for a million layers
+        # would take minutes to build, and one with a billion-word vocabulary all the memory.
+        _check_config_fits_weights(config_dict, state_dict, folder / "config.json")
         try:
             config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
-        except (ValueError, KeyError, OSError) as exc:
+        except (ValueError, KeyError, OSError, TypeError) as exc:
             raise CheckpointError(
                 f"{folder / 'config.json'} is not a usable model config: {exc}"
             ) from None
         model_class = _model_class(model_type, config, folder)
-        state_dict = load_state_dict(folder)
         with _quiet_transformers():
             try:
                 # The weights were read safely above; transformers only maps them onto the network.
@@ -113,7 +116,7 @@ class Transformer:
         encoder.to(device=settings.device, dtype=dtype).eval()
         tokenizer = _load_tokenizer(folder)
         max_seq_length = sbert.get("max_seq_length") or _default_max_length(tokenizer, config)
-        return cls(
+        stage = cls(
             encoder,
             Tokenizer(tokenizer, do_lower_case=bool(sbert.get("do_lower_case", False))),
             max_seq_length=int(max_seq_length),
@@ -121,6 +124,15 @@ class Transformer:
             dtype=dtype,
             output_dim=int(getattr(config, "d_model", None) or config.hidden_size),
         )
+        # The checkpoint's own limit is checked like a user's: past the position table, the
+        # first long text would fail deep inside torch.
+        if stage.max_positions is not None and stage.max_seq_length > stage.max_positions:
+            raise CheckpointError(
+                f"{folder / 'sentence_bert_config.json'}: max_seq_length "
+                f"{stage.max_seq_length} exceeds the {stage.max_positions} positions of the "
+                f"encoder in {folder / 'config.json'}."
+            )
+        return stage
 
     def __call__(self, features: Features) -> Features:
         """Add ``token_embeddings`` for ``input_ids``.
@@ -151,6 +163,42 @@ def _read_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if max_len is not None and (not isinstance(max_len, int) or max_len < 2):
         raise CheckpointError(f"{sbert_path}: max_seq_length must be an integer >= 2.")
     return config, sbert
+
+
+# config.json fields that size a network, by the names transformers' configs use for them.
+_LAYERS = ("num_layers", "num_hidden_layers", "n_layer", "n_layers")
+_WIDTH = ("d_model", "hidden_size", "n_embd", "dim")
+_FEED_FORWARD = ("d_ff", "intermediate_size", "n_inner", "hidden_dim")
+_OTHER_SIZES = ("vocab_size", "num_heads", "num_attention_heads", "d_kv", "max_position_embeddings")
+
+
+def _check_config_fits_weights(config: dict[str, Any], state_dict: dict, path: Path) -> None:
+    """Refuse a config whose sizes are not numbers, or describe a network far larger than the
+    weights beside it: building it would take minutes or all the memory before failing."""
+    sizes = {}
+    for name in (*_LAYERS, *_WIDTH, *_FEED_FORWARD, *_OTHER_SIZES):
+        value = config.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"{path}: {name} must be a positive integer, got {value!r}.")
+        sizes[name] = value
+
+    def first(names: tuple[str, ...]) -> int:
+        return next((sizes[name] for name in names if name in sizes), 0)
+
+    width = first(_WIDTH)
+    feed_forward = first(_FEED_FORWARD) or 4 * width
+    # A transformer layer holds about 4 width^2 (attention) + 2 width x feed-forward weights,
+    # and the embedding vocab x width: an estimate within a small factor of the real count.
+    described = first(_LAYERS) * width * (4 * width + 2 * feed_forward)
+    described += sizes.get("vocab_size", 0) * width
+    held = sum(tensor.numel() for tensor in state_dict.values())
+    if described > 4 * held + 10**6:
+        raise CheckpointError(
+            f"{path} describes about {described:,} weights, but the checkpoint's weight files "
+            f"hold {held:,}: the config does not match its weights."
+        )
 
 
 def _model_class(model_type: str, config: Any, folder: Path) -> Any:
