@@ -8,8 +8,8 @@ InstructorRetriever
     Asymmetric retrieval: documents and queries embedded under their own instructions.
 pair_similarity
     Cosine similarity of two aligned text lists (STS-style work).
-InstructionTemplate
-    The paper's instruction presets for each task family.
+InstructionTemplate, InstructionPair
+    The paper's instruction presets for each task family; a query/document pair.
 MemoryCache, DiskCache, default_memory_cache, CacheStats, EmbeddingCache
     The embedding cache that makes repeated fits and grid searches cheap.
 CheckpointError, ModelNotFoundError
@@ -23,7 +23,7 @@ Importing the package is cheap: torch and transformers load only when a model is
 
 from ._cache import CacheStats, DiskCache, EmbeddingCache, MemoryCache, default_memory_cache
 from ._exceptions import CheckpointError, ModelNotFoundError
-from ._instruction import InstructionTemplate
+from ._instruction import InstructionPair, InstructionTemplate
 from ._retrieval import InstructorRetriever
 from ._similarity import pair_similarity
 from ._vectorizer import InstructorVectorizer
@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointError",
     "DiskCache",
     "EmbeddingCache",
+    "InstructionPair",
     "InstructionTemplate",
     "InstructorRetriever",
     "InstructorVectorizer",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -139,7 +139,8 @@ def format_instruction(
     if values["text_type"] is None and any(field == "text_type" for _, field in segments):
         raise ValueError(
             f"text_type is required by template {template!r}: got {text_type!r}; pass the "
-            'encoding unit, e.g. text_type="sentence" or "document".'
+            'encoding unit, e.g. text_type="sentence" or "document" (for no instruction at '
+            'all, set instruction="").'
         )
 
     filled = ""
@@ -164,9 +165,12 @@ def format_instruction(
     return filled
 
 
-@dataclass(frozen=True)
-class InstructionPair:
+class InstructionPair(NamedTuple):
     """The two instructions of an asymmetric task: one for queries, one for documents.
+
+    An immutable pair: read it by name (``pair.query``) or unpack it (``query, document =
+    pair``), and give it whole to :class:`~sk_instructor.InstructorRetriever`
+    (``instructions=pair``), which makes the pair one hyper-parameter of a grid search.
 
     Attributes
     ----------
@@ -177,10 +181,13 @@ class InstructionPair:
 
     Examples
     --------
-    >>> from sk_instructor._instruction import InstructionPair
+    >>> from sk_instructor import InstructionPair
     >>> pair = InstructionPair(query="Represent the question: ", document="Represent the text: ")
     >>> pair.query
     'Represent the question: '
+    >>> query, document = pair
+    >>> document
+    'Represent the text: '
     """
 
     query: str

@@ -134,8 +134,9 @@ _PARAMETERS = (
         None,
         [str, None],
         "str or None",
-        """The full instruction, e.g. ``"Represent the Science title: "``. Wins over the
-template. Keep its trailing space: the model was trained with it.""",
+        """The full instruction, e.g. ``"Represent the Science title: "``; ``""`` for none (the
+one spelling of "no instruction" in every component). ``None`` builds it from the template.
+Keep its trailing space: the model was trained with it.""",
         cli={"metavar": "TEXT"},
     ),
     Parameter(
@@ -150,8 +151,9 @@ template. Keep its trailing space: the model was trained with it.""",
         "text_type",
         "sentence",
         [str, None],
-        "str",
-        """Text type for the template, e.g. ``"title"``, ``"question"``, ``"document"``.""",
+        "str or None",
+        """Text type for the template, e.g. ``"title"``, ``"question"``, ``"document"``.
+``None`` only with a template that has no ``{text_type}``.""",
         cli={"metavar": "TEXT"},
     ),
     Parameter(

@@ -20,7 +20,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from . import _params as params
-from ._instruction import InstructionTemplate
+from ._instruction import InstructionPair, InstructionTemplate
 from ._params import DEFAULTS
 from ._search import cosine_kneighbors
 from ._vectorizer import InstructorVectorizer
@@ -62,12 +62,16 @@ class InstructorRetriever(BaseEstimator):
     Parameters
     ----------
     .. shared parameters:: model
-    query_instruction : str or None, \
+    query_instruction : str, \
 default="Represent the Wikipedia question for retrieving supporting documents: "
-        Instruction for the queries (the model card's). ``None`` or ``""``: no instruction,
-        for models that were not trained with instructions.
-    document_instruction : str or None, default="Represent the Wikipedia document for retrieval: "
-        Instruction for the documents (the model card's). ``None`` or ``""``: no instruction.
+        Instruction for the queries (the model card's). ``""``: no instruction, for models
+        that were not trained with instructions.
+    document_instruction : str, default="Represent the Wikipedia document for retrieval: "
+        Instruction for the documents (the model card's). ``""``: no instruction.
+    instructions : InstructionPair, (str, str) or None, default=None
+        Both instructions in one value, e.g. ``InstructionTemplate.retrieval("Science")``,
+        so that a grid search can tune the pair as one hyper-parameter. When given,
+        ``query_instruction`` and ``document_instruction`` must keep their defaults.
     n_neighbors : int, default=10
         Neighbours returned by :meth:`kneighbors` when it is not told, and the cut-off of
         :meth:`score`.
@@ -128,9 +132,8 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
     >>> search = GridSearchCV(
     ...     InstructorRetriever("hkunlp/instructor-large", documents=documents),
     ...     param_grid={
-    ...         "query_instruction": ["Represent the News question for retrieving articles: ",
-    ...                               None],
-    ...         "document_instruction": ["Represent the News article for retrieval: ", None],
+    ...         "query_instruction": ["Represent the News question for retrieving articles: ", ""],
+    ...         "document_instruction": ["Represent the News article for retrieval: ", ""],
     ...     },
     ...     scoring=make_retrieval_scorer("mrr", k=3),
     ...     cv=2,
@@ -143,8 +146,9 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
 
     _parameter_constraints: ClassVar[dict] = {
         **params.constraints(_ENGINE_PARAMETERS),
-        "query_instruction": [str, None],
-        "document_instruction": [str, None],
+        "query_instruction": [str],
+        "document_instruction": [str],
+        "instructions": [tuple, None],
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "documents": ["array-like", None],
         "query_chunk": [Interval(Integral, 1, None, closed="left")],
@@ -155,8 +159,9 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         self,
         model: str | os.PathLike[str] = DEFAULTS["model"],
         *,
-        query_instruction: str | None = _MODEL_CARD_PAIR.query,
-        document_instruction: str | None = _MODEL_CARD_PAIR.document,
+        query_instruction: str = _MODEL_CARD_PAIR.query,
+        document_instruction: str = _MODEL_CARD_PAIR.document,
+        instructions: InstructionPair | tuple[str, str] | None = None,
         n_neighbors: int = 10,
         documents: Any = None,
         query_chunk: int = 512,
@@ -174,6 +179,7 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         self.model = model
         self.query_instruction = query_instruction
         self.document_instruction = document_instruction
+        self.instructions = instructions
         self.n_neighbors = n_neighbors
         self.documents = documents
         self.query_chunk = query_chunk
@@ -215,8 +221,7 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
             )
         else:
             corpus = X
-        self.query_instruction_ = self.query_instruction or ""
-        self.document_instruction_ = self.document_instruction or ""
+        self.query_instruction_, self.document_instruction_ = self._resolve_instructions()
         self.document_embeddings_ = self._vectorizer(self.document_instruction_).fit_transform(
             corpus
         )
@@ -336,6 +341,22 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(params.restore_defaults(self, state))
+
+    def _resolve_instructions(self) -> InstructionPair:
+        if self.instructions is None:
+            return InstructionPair(self.query_instruction, self.document_instruction)
+        pair = self.instructions
+        if len(pair) != 2 or not all(isinstance(part, str) for part in pair):
+            raise ValueError(
+                f"instructions must be a (query instruction, document instruction) pair of "
+                f"str, e.g. InstructionTemplate.retrieval('Wikipedia'); got {pair!r}."
+            )
+        if (self.query_instruction, self.document_instruction) != _MODEL_CARD_PAIR:
+            raise ValueError(
+                "instructions and query_instruction / document_instruction are both set: give "
+                "the pair in one or the other."
+            )
+        return InstructionPair(*pair)
 
     # -- internals -----------------------------------------------------------------------------
     def _vectorizer(self, instruction: str) -> InstructorVectorizer:

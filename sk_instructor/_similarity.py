@@ -26,7 +26,7 @@ _ENGINE_PARAMETERS = tuple(name for name in params.ENGINE if name != "normalize"
     {
         "texts_a": [object],
         "texts_b": [object],
-        "instruction_a": [str, None],
+        "instruction_a": [str],
         "instruction_b": [str, None],
         **params.constraints(_ENGINE_PARAMETERS),
     },
@@ -38,7 +38,7 @@ def pair_similarity(
     texts_b: Any,
     *,
     model: str | os.PathLike[str] = DEFAULTS["model"],
-    instruction_a: str | None = _STS_INSTRUCTION,
+    instruction_a: str = _STS_INSTRUCTION,
     instruction_b: str | None = None,
     batch_size: int | None = DEFAULTS["batch_size"],
     device: str = DEFAULTS["device"],
@@ -66,9 +66,9 @@ def pair_similarity(
     texts_b : list of str, 1-D array, Series, or one-column DataFrame
         Second text of each pair, aligned with ``texts_a`` (same length).
     .. shared parameters:: model
-    instruction_a : str or None, default="Represent the sentence: "
+    instruction_a : str, default="Represent the sentence: "
         Instruction for ``texts_a`` (the STS preset,
-        :meth:`~sk_instructor.InstructionTemplate.sts`). ``None`` or ``""``: no instruction.
+        :meth:`~sk_instructor.InstructionTemplate.sts`). ``""``: no instruction.
     instruction_b : str or None, default=None
         Instruction for ``texts_b``; ``None`` uses ``instruction_a`` (symmetric tasks). Pass
         ``""`` for no instruction on this side only.
@@ -111,7 +111,6 @@ def pair_similarity(
             f"texts_a has {n_a} texts but texts_b has {n_b}; pair_similarity compares aligned "
             f"pairs, so both sides need the same length."
         )
-    instruction_a = instruction_a or ""
     instruction_b = instruction_a if instruction_b is None else instruction_b
     settings = {name: value for name, value in locals().items() if name in _ENGINE_PARAMETERS}
 

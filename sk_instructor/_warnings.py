@@ -14,7 +14,7 @@ import threading
 import warnings
 from collections.abc import Hashable
 
-__all__ = ["warn"]
+__all__ = ["forget_said", "warn"]
 
 # Frames in these folders are never "the caller": this package, and the libraries that call
 # estimators on the user's behalf.
@@ -65,3 +65,9 @@ def _user_stacklevel() -> int:
         frame = frame.f_back
         level += 1
     return level if frame is not None else 2
+
+
+def forget_said() -> None:
+    """Forget which causes were warned about, so that each is said again (for tests)."""
+    with _SAID_LOCK:
+        _SAID.clear()

@@ -26,6 +26,14 @@ os.environ["HF_HUB_CACHE"] = str(HUB_CACHE)
 atexit.register(shutil.rmtree, HUB_CACHE, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _every_warning_said_again():
+    """Warnings are said once per cause per process; each test starts with none said."""
+    from sk_instructor._warnings import forget_said
+
+    forget_said()
+
+
 @pytest.fixture(scope="session")
 def tiny_t5_path(tmp_path_factory) -> Path:
     """A random T5 encoder in the published INSTRUCTOR layout, pickled ``.bin`` weights."""

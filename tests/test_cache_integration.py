@@ -124,8 +124,10 @@ _WORKER = textwrap.dedent(
     model, cache_path, start, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     texts = [f"text {k} " + "word " * (k % 7) for k in range(start, stop)]
     cache = DiskCache(cache_path)
+    before = cache.stats().encoded  # the counters add up every process's work
     vectors = InstructorVectorizer(model, device="cpu", cache=cache).fit_transform(texts)
-    print(json.dumps({"encoded": cache.stats().encoded, "sum": float(vectors.sum())}))
+    encoded = cache.stats().encoded - before
+    print(json.dumps({"encoded": encoded, "sum": float(vectors.sum())}))
     """
 )
 

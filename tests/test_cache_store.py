@@ -909,3 +909,52 @@ def test_fingerprint_errors_name_the_folder(tmp_path):
     (tmp_path / "only-readme" / "README.md").write_text("card")
     with pytest.raises(ValueError, match="only-readme"):
         fingerprint_folder(tmp_path / "only-readme")
+
+
+_LOOK_UP = (
+    LOAD_CACHE_MODULE
+    + """
+import sys
+cache = DiskCache(sys.argv[1])
+cache.get_many(["key-0", "key-1", "absent"])
+cache.record_encoded(1)
+"""
+)
+
+
+def test_disk_cache_counters_add_up_across_processes(tmp_path):
+    DiskCache(tmp_path).put_many(*batch([0, 1], dim=8))
+    run_python(_LOOK_UP, tmp_path)
+    run_python(_LOOK_UP, tmp_path)
+    stats = DiskCache(tmp_path).stats()  # a new object, as in a third process
+    assert (stats.hits, stats.misses, stats.encoded, stats.entries) == (4, 2, 2, 2)
+    DiskCache(tmp_path).reset_stats()
+    assert DiskCache(tmp_path).stats().hits == 0
+
+
+def test_a_store_written_by_0_1_is_upgraded_in_place(tmp_path):
+    # The schema sk_instructor 0.1.0 wrote: no counters in the usage table.
+    import zlib
+
+    vector = expected_vector(0, 4)
+    blob = vector.astype("<f4").tobytes()
+    connection = sqlite3.connect(tmp_path / "embeddings.sqlite3")
+    connection.executescript(
+        f"""
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE embeddings (key TEXT PRIMARY KEY, dim INTEGER NOT NULL,
+                                 crc INTEGER NOT NULL, vector BLOB NOT NULL);
+        CREATE TABLE usage (id INTEGER PRIMARY KEY CHECK (id = 0), entries INTEGER NOT NULL,
+                            nbytes INTEGER NOT NULL);
+        INSERT INTO usage VALUES (0, 1, 16);
+        INSERT INTO embeddings VALUES ('key-0', 4, {zlib.crc32(blob)}, x'{blob.hex()}');
+        PRAGMA user_version = 1;
+        """
+    )
+    connection.close()
+    cache = DiskCache(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # upgraded, not rebuilt
+        (found,) = cache.get_many(["key-0"])
+    np.testing.assert_array_equal(found, vector)
+    assert cache.stats() == CacheStats(hits=1, misses=0, encoded=0, entries=1, nbytes=16)

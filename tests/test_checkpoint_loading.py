@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -168,9 +169,13 @@ def test_hub_id_goes_through_snapshot_download_with_revision(tmp_path, monkeypat
     assert repo_id == "org/tiny" and kwargs["revision"] == "v1" and kwargs["local_files_only"]
 
 
-def test_hub_model_missing_offline_says_how_to_fix(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="Connect to the internet once"):
+def test_hub_model_missing_offline_says_how_to_fix_in_one_short_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="Connect to the internet once") as missing:
         resolve_model("hkunlp/instructor-large", local_files_only=True, cache_folder=str(tmp_path))
+    assert "path of a local folder" in str(missing.value)
+    # One error, not the chain of network errors behind it.
+    report = "".join(traceback.format_exception(missing.value))
+    assert report.count("Traceback") == 1 and "huggingface_hub.errors" not in report
 
 
 def test_unknown_hub_id_says_not_found(monkeypatch):

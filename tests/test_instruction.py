@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -201,8 +199,14 @@ def test_classification_preset():
 
 def test_instruction_pair_is_frozen():
     pair = InstructionTemplate.retrieval()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         pair.query = "changed"
+
+
+def test_instruction_pair_unpacks_into_query_and_document():
+    query, document = InstructionTemplate.retrieval("Wikipedia")
+    assert query == "Represent the Wikipedia question for retrieving supporting documents: "
+    assert document == "Represent the Wikipedia document for retrieval: "
 
 
 def test_instruction_template_is_not_instantiated():

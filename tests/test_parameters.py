@@ -99,3 +99,22 @@ def test_pair_similarity_names_itself_in_parameter_errors(tiny_t5_path):
     with pytest.raises(InvalidParameterError, match="'batch_size' parameter of pair_similarity"):
         pair_similarity(["a"], ["b"], model=tiny_t5_path, batch_size=0)
     assert np.isfinite(pair_similarity(["a"], ["b"], model=tiny_t5_path)).all()
+
+
+def test_a_warning_names_the_users_code_and_is_said_once_per_cause(tiny_t5_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+
+    long_texts = [f"text {k} " + "river bank station " * 30 for k in range(8)]
+    search = GridSearchCV(
+        make_pipeline(InstructorVectorizer(tiny_t5_path), LogisticRegression()),
+        {"logisticregression__C": [0.1, 1.0]},
+        cv=2,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search.fit(long_texts, [0, 1] * 4)  # five fits, each truncating
+    truncations = [w for w in caught if "truncated" in str(w.message)]
+    assert len(truncations) == 1
+    assert truncations[0].filename == __file__

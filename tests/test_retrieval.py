@@ -18,7 +18,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils._param_validation import InvalidParameterError
 
-from sk_instructor import InstructorVectorizer
+from sk_instructor import InstructionTemplate, InstructorVectorizer
 from sk_instructor._cache import MemoryCache
 from sk_instructor._engine.registry import get_model
 from sk_instructor._retrieval import InstructorRetriever
@@ -48,8 +48,9 @@ QUERIES = [
 
 
 def _retriever(model_path, **params) -> InstructorRetriever:
-    params.setdefault("query_instruction", QUERY_INSTRUCTION)
-    params.setdefault("document_instruction", DOCUMENT_INSTRUCTION)
+    if "instructions" not in params:
+        params.setdefault("query_instruction", QUERY_INSTRUCTION)
+        params.setdefault("document_instruction", DOCUMENT_INSTRUCTION)
     return InstructorRetriever(model=model_path, device="cpu", **params)
 
 
@@ -133,11 +134,13 @@ def test_default_instructions_are_the_model_card_retrieval_pair():
     assert retriever.document_instruction == "Represent the Wikipedia document for retrieval: "
 
 
-@pytest.mark.parametrize("no_instruction", [None, ""])
-def test_no_instruction_embeds_the_plain_text(tiny_t5_path, no_instruction):
-    retriever = _retriever(
-        tiny_t5_path, query_instruction=no_instruction, document_instruction=no_instruction
-    ).fit(DOCUMENTS)
+@pytest.mark.parametrize("form", ["two", "pair"])
+def test_no_instruction_embeds_the_plain_text(tiny_t5_path, form):
+    if form == "two":
+        retriever = _retriever(tiny_t5_path, query_instruction="", document_instruction="")
+    else:
+        retriever = _retriever(tiny_t5_path, instructions=("", ""))
+    retriever.fit(DOCUMENTS)
     plain = InstructorVectorizer(model=tiny_t5_path, device="cpu", instruction="")
     assert retriever.query_instruction_ == retriever.document_instruction_ == ""
     np.testing.assert_allclose(
@@ -305,7 +308,7 @@ GRID_QUERIES = [
 ]
 GRID_RELEVANT = [0, 11, 22, 37, 2, 18, 34, 20, 13]
 GRID = {
-    "query_instruction": [QUERY_INSTRUCTION, None],
+    "query_instruction": [QUERY_INSTRUCTION, ""],
     "document_instruction": [DOCUMENT_INSTRUCTION, "Represent the sentence: "],
 }
 
@@ -396,7 +399,7 @@ def test_minilm_retrieval_equals_sentence_transformers_and_finds_the_source(
     articles = load_lee().documents[:20]
     first_sentences, rests = zip(*(article.split(". ", 1) for article in articles), strict=True)
     retriever = InstructorRetriever(
-        model=minilm_path, device="cpu", query_instruction=None, document_instruction=None
+        model=minilm_path, device="cpu", query_instruction="", document_instruction=""
     ).fit(list(rests))
     distances, indices = retriever.kneighbors(list(first_sentences), n_neighbors=5)
 
@@ -407,3 +410,32 @@ def test_minilm_retrieval_equals_sentence_transformers_and_finds_the_source(
     np.testing.assert_allclose(distances, expected_distances, atol=1e-5)
     # The semantics: most lead sentences find their own article first.
     assert retriever.score(list(first_sentences), list(range(20))) > 0.8
+
+
+def test_none_is_not_an_instruction(tiny_t5_path):
+    # "" is the one spelling of "no instruction"; None would be ambiguous (no instruction, or
+    # the default?), so it is refused rather than guessed.
+    with pytest.raises(InvalidParameterError, match="'query_instruction' parameter"):
+        _retriever(tiny_t5_path, query_instruction=None).fit(DOCUMENTS)
+
+
+def test_an_instruction_pair_is_one_parameter(tiny_t5_path):
+    pair = InstructionTemplate.retrieval("Science")
+    retriever = _retriever(tiny_t5_path, instructions=pair).fit(DOCUMENTS)
+    assert (retriever.query_instruction_, retriever.document_instruction_) == pair
+    separate = _retriever(
+        tiny_t5_path, query_instruction=pair.query, document_instruction=pair.document
+    ).fit(DOCUMENTS)
+    np.testing.assert_allclose(retriever.document_embeddings_, separate.document_embeddings_)
+    search = GridSearchCV(
+        InstructorRetriever(tiny_t5_path, device="cpu", documents=DOCUMENTS),
+        {"instructions": [pair, InstructionTemplate.retrieval("News")]},
+        cv=2,
+    ).fit(GRID_QUERIES[:4], GRID_RELEVANT[:4])
+    assert search.best_params_["instructions"] in ([pair, InstructionTemplate.retrieval("News")])
+
+
+def test_a_pair_and_separate_instructions_conflict(tiny_t5_path):
+    retriever = _retriever(tiny_t5_path, instructions=("q: ", "d: "), query_instruction="x: ")
+    with pytest.raises(ValueError, match="both set"):
+        retriever.fit(DOCUMENTS)

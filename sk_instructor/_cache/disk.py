@@ -30,9 +30,9 @@ _DEFAULT_DB_NAME = "embeddings.sqlite3"
 _DB_SUFFIXES = frozenset({".sqlite3", ".sqlite", ".db"})
 # SQLite builds before 3.32 allow at most 999 bound parameters per statement.
 _SQL_CHUNK = 900
-# Version of the on-disk schema (``PRAGMA user_version``); a store written with another
-# schema is rebuilt rather than misread.
-_SCHEMA_VERSION = 1
+# Version of the on-disk schema (``PRAGMA user_version``). Version 1 (sk_instructor 0.1) is
+# upgraded in place (it lacks the counters); any other is rebuilt rather than misread.
+_SCHEMA_VERSION = 2
 # SQLITE_CORRUPT and SQLITE_NOTADB: the file itself is damaged, as opposed to busy or locked.
 _CORRUPTION_CODES = frozenset({11, 26})
 
@@ -46,7 +46,10 @@ CREATE TABLE IF NOT EXISTS embeddings (
 CREATE TABLE IF NOT EXISTS usage (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     entries INTEGER NOT NULL,
-    nbytes INTEGER NOT NULL
+    nbytes INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    misses INTEGER NOT NULL DEFAULT 0,
+    encoded INTEGER NOT NULL DEFAULT 0
 );
 INSERT OR IGNORE INTO usage (id, entries, nbytes) VALUES (0, 0, 0);
 CREATE TRIGGER IF NOT EXISTS embeddings_counted_insert AFTER INSERT ON embeddings BEGIN
@@ -58,6 +61,13 @@ END;
 CREATE TRIGGER IF NOT EXISTS embeddings_counted_update AFTER UPDATE OF vector ON embeddings BEGIN
     UPDATE usage SET nbytes = nbytes + length(NEW.vector) - length(OLD.vector) WHERE id = 0;
 END;
+PRAGMA user_version = {_SCHEMA_VERSION};
+"""
+# From version 1: the counters every process adds to, so that stats() reads them anywhere.
+_UPGRADE_FROM_1 = f"""
+ALTER TABLE usage ADD COLUMN hits INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN misses INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN encoded INTEGER NOT NULL DEFAULT 0;
 PRAGMA user_version = {_SCHEMA_VERSION};
 """
 
@@ -97,8 +107,9 @@ class DiskCache(EmbeddingCache):
 
     ``copy.deepcopy`` and ``sklearn.base.clone`` return the same object; pickling keeps only
     the path and settings, and unpickling in a process gives that process's shared
-    ``DiskCache`` for them. ``hits``, ``misses`` and ``encoded`` in :meth:`stats` count this
-    process's calls; ``entries`` and ``nbytes`` describe the shared file.
+    ``DiskCache`` for them. :meth:`stats` describes the file: ``hits``, ``misses`` and
+    ``encoded`` add up the calls of every process that used it (``GridSearchCV(n_jobs=2)``
+    workers included), ``entries`` and ``nbytes`` what it holds.
 
     Parameters
     ----------
@@ -276,6 +287,41 @@ class DiskCache(EmbeddingCache):
 
         self._run(write, f"write {len(records)} vectors to")
 
+    def _count(
+        self, *, hits: int = 0, misses: int = 0, encoded: int = 0, reset: bool = False
+    ) -> None:
+        # Counted in the file, so that every process's lookups add up and any process reads
+        # them; what cannot be written there (the cache is unusable) is counted here.
+        if not (hits or misses or encoded or reset):
+            return
+
+        def add(connection: sqlite3.Connection) -> bool:
+            with _write_transaction(connection):
+                if reset:
+                    connection.execute(
+                        "UPDATE usage SET hits = 0, misses = 0, encoded = 0 WHERE id = 0"
+                    )
+                connection.execute(
+                    "UPDATE usage SET hits = hits + ?, misses = misses + ?, "
+                    "encoded = encoded + ? WHERE id = 0",
+                    (hits, misses, encoded),
+                )
+            return True
+
+        if not self._run(add, "count lookups in"):
+            super()._count(hits=hits, misses=misses, encoded=encoded, reset=reset)
+        elif reset:
+            super()._count(reset=True)
+
+    def _counters(self) -> tuple[int, int, int]:
+        def read(connection: sqlite3.Connection) -> tuple[int, int, int]:
+            return connection.execute(
+                "SELECT hits, misses, encoded FROM usage WHERE id = 0"
+            ).fetchone()
+
+        stored = self._run(read, "read the counters of") or (0, 0, 0)
+        return tuple(int(a) + b for a, b in zip(stored, super()._counters(), strict=True))
+
     def _size(self) -> tuple[int, int]:
         def read_usage(connection: sqlite3.Connection) -> tuple[int, int]:
             entries, nbytes = connection.execute(
@@ -306,7 +352,7 @@ class DiskCache(EmbeddingCache):
                 f"could not {doing} the embedding cache {self.path} ({error}); the embedding "
                 f"goes on without it",
                 RuntimeWarning,
-                cause=("disk cache", str(self.path), type(error).__name__, str(error)),
+                cause=("disk cache", str(self.path), doing, type(error).__name__, str(error)),
             )
             return None
 
@@ -360,6 +406,9 @@ class DiskCache(EmbeddingCache):
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
             ).fetchone()[0]
             if version == _SCHEMA_VERSION:
+                return
+            if version == 1:
+                _run_script(connection, _UPGRADE_FROM_1)
                 return
             if version != 0 or tables:
                 raise _Damaged(

@@ -215,6 +215,8 @@ def _download_from_hub(
     import huggingface_hub
     from huggingface_hub import errors
 
+    # Each refusal below says what happened and what to do; the chain of network errors behind
+    # it (httpcore, httpx, huggingface_hub) would bury that under four tracebacks.
     try:
         folder = huggingface_hub.snapshot_download(
             repo_id,
@@ -223,20 +225,21 @@ def _download_from_hub(
             cache_dir=cache_folder,
             ignore_patterns=_HUB_IGNORE_PATTERNS,
         )
-    except errors.GatedRepoError as exc:
+    except errors.GatedRepoError:
         raise ModelNotFoundError(
             f"model={repo_id!r} is gated on the Hugging Face hub: accept its terms on the hub and "
             f"log in (`hf auth login` or HF_TOKEN)."
-        ) from exc
-    except errors.RepositoryNotFoundError as exc:
+        ) from None
+    except errors.RepositoryNotFoundError:
         raise ModelNotFoundError(
             f"model={repo_id!r} was not found on the Hugging Face hub (wrong id, or a private "
-            f"repository you have no access to), and it is not a local folder."
-        ) from exc
-    except errors.RevisionNotFoundError as exc:
+            f"repository you have no access to), and it is not a local folder; to use a model "
+            f"on disk, pass the path of its folder."
+        ) from None
+    except errors.RevisionNotFoundError:
         raise ModelNotFoundError(
             f"model={repo_id!r} has no revision {revision!r} on the Hugging Face hub."
-        ) from exc
+        ) from None
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, OSError) as exc:
         # LocalEntryNotFoundError is what an offline machine (no network, HF_HUB_OFFLINE=1 or
         # local_files_only=True) gets when the model is not in the cache yet.
@@ -245,7 +248,7 @@ def _download_from_hub(
             f"downloaded ({type(exc).__name__}). Connect to the internet once so it can be cached "
             f"(and unset HF_HUB_OFFLINE / local_files_only), or pass the path of a local folder "
             f"holding the checkpoint."
-        ) from exc
+        ) from None
     folder_path = Path(folder)
     commit = folder_path.name  # snapshots/<commit hash>/
     return ResolvedModel(folder=folder_path, fingerprint=f"hub:{repo_id}@{commit}")

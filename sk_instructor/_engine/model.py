@@ -12,7 +12,6 @@ through :meth:`EmbeddingModel.encode`. The path of a text, each step in its own 
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ import torch
 
 from .._cache.keys import fingerprint_folder, make_key
 from .._exceptions import CheckpointError
+from .._warnings import warn
 from .batching import DEFAULT_TOKEN_BUDGET, plan_batches
 from .checkpoint import ResolvedModel, read_stages
 from .stages import STAGE_TYPES, Features, LoadSettings
@@ -203,11 +203,14 @@ class EmbeddingModel:
                         pending, pending_rows = [], 0
                 self._flush(pending, unique_vectors, keys, cache, counts, progress)
         if n_truncated:
-            warnings.warn(
+            # Once per model and limit: a grid search refitting a hundred clones on the same
+            # texts would otherwise say it a hundred times.
+            warn(
                 f"{n_truncated} of {len(todo)} texts encoded were longer than max_seq_length="
-                f"{max_len} tokens (instruction included) and were truncated.",
+                f"{max_len} tokens (instruction included) and were truncated (further "
+                f"truncations at this limit are not reported).",
                 UserWarning,
-                stacklevel=3,
+                cause=("truncation", self.fingerprint, max_len),
             )
         return unique_vectors[inverse]
 
