@@ -49,8 +49,10 @@ def embed_dataset(
     column : str
         The text column. Missing values follow ``vectorizer.missing``.
     output_column : str, default="embedding"
-        Name of the added column: ``fixed_size_list<float32>[embedding_dim]``, which Parquet,
-        pandas (arrays) and polars (``Array``) read as is.
+        Name of the added column: ``fixed_size_list<float32>[embedding_dim]``, Arrow's type
+        for fixed-length vectors, which Parquet keeps and polars reads as ``Array``. Ray hands
+        its rows to pandas (``to_pandas``) and numpy batches as one list or 1-D array per row:
+        ``np.stack(frame["embedding"])`` makes them the ``(n, embedding_dim)`` matrix.
     batch_size : int or None, default=None
         Rows per batch handed to an actor; ``None`` leaves Ray's default. Within a batch the
         engine still sizes its forward passes by ``vectorizer.batch_size`` and a token budget.
@@ -71,8 +73,8 @@ def embed_dataset(
     ImportError
         Ray Data is not installed (the message names the ``sk-instructor[ray]`` extra).
     TypeError, ValueError
-        Wrong argument types or invalid vectorizer parameters, raised here on the driver
-        rather than in every actor.
+        Wrong argument types, invalid vectorizer parameters, or a ``column`` the dataset's
+        schema does not have, raised here on the driver rather than in every actor.
 
     Examples
     --------
@@ -107,6 +109,21 @@ def embed_dataset(
     params = vectorizer.get_params(deep=False)
     params["show_progress_bar"] = False  # Ray reports progress; a bar per actor would garble it
     InstructorVectorizer(**params)._validate_params()
+    if params["per_row_instructions"]:
+        raise ValueError(
+            "embed_dataset embeds one text column under the vectorizer's instruction; "
+            "per_row_instructions=True is not supported here."
+        )
+    # Checked here, from the schema, rather than seconds later inside an actor.
+    schema = dataset.schema()
+    names = list(schema.names) if schema is not None else None
+    for name, must_exist in ((column, True), (output_column, False)):
+        if names is not None and (name in names) != must_exist:
+            raise ValueError(
+                f"the dataset has no column {name!r}; its columns are {names}"
+                if must_exist
+                else f"the dataset already has a column {name!r}; pass another output_column"
+            )
 
     options: dict[str, Any] = {"compute": _actor_pool(ray_data, concurrency)}
     if batch_size is not None:

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 from sk_instructor import InstructorVectorizer
 
@@ -113,6 +114,23 @@ def test_invalid_arguments_fail_on_the_driver(local_ray, vectorizer):
         embed_dataset(dataset, vectorizer.set_params(dtype="auto"), "text", concurrency=0)
     with pytest.raises(ValueError, match="replace the text column"):
         embed_dataset(dataset, vectorizer, "text", output_column="text")
+    # The schema is read on the driver: a wrong column fails at once, not in an actor.
+    with pytest.raises(ValueError, match=r"no column 'title'; its columns are \['text'\]"):
+        embed_dataset(dataset, vectorizer, "title")
+    with pytest.raises(ValueError, match="per_row_instructions"):
+        embed_dataset(dataset, clone(vectorizer).set_params(per_row_instructions=True), "text")
+
+
+@pytest.mark.slow
+def test_to_pandas_rows_stack_into_the_in_process_matrix(local_ray, vectorizer):
+    from sk_instructor.ray import embed_dataset
+
+    dataset = local_ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(TEXTS[:7])])
+    frame = embed_dataset(dataset, vectorizer, "text").to_pandas().sort_values("id")
+    # What the docstring says: one vector per row, np.stack makes the matrix.
+    np.testing.assert_allclose(
+        np.stack(frame["embedding"]), _in_process(vectorizer, TEXTS[:7]), atol=1e-6
+    )
 
 
 def test_missing_ray_raises_import_error_naming_the_extra(monkeypatch, vectorizer):
