@@ -2,15 +2,28 @@
 
 Kept apart from the engine because the rules are policy, not mechanics: which accelerator to
 prefer, and which dtype each encoder family survives in.
+
+Unlike the rest of the engine, this module does not import torch at its top: an estimator
+asks for its device at fit, and when every vector it needs is in the cache (a warm start),
+nothing else would need torch, whose import alone takes about a second. So torch is imported
+here only when the answer needs it: a CPU-only build of torch says so in its ``version.py``.
 """
 
 from __future__ import annotations
 
-import torch
+import importlib.util
+import re
+import sys
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["resolve_device", "resolve_dtype"]
+if TYPE_CHECKING:
+    import torch
 
-_DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+__all__ = ["DTYPE_NAMES", "dtype_name", "resolve_device", "resolve_dtype"]
+
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
 # Encoder families whose activations overflow float16 (values past 65504 in the feed-forward
 # blocks): they get bfloat16 on accelerators instead.
@@ -24,6 +37,10 @@ def resolve_device(device: str) -> str:
     ``"cuda"``, ``"cuda:1"``, ``"mps"``) are checked against what this machine has, so that a
     request for a missing GPU fails here with a readable message instead of deep inside torch.
     """
+    if device == "cpu" or (device == "auto" and _torch_is_cpu_only()):
+        return "cpu"
+    import torch
+
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -52,19 +69,47 @@ def resolve_device(device: str) -> str:
     return str(parsed)
 
 
-def resolve_dtype(dtype: str, device: str, model_type: str) -> torch.dtype:
-    """Pick the compute dtype of the encoder.
+def dtype_name(dtype: str, device: str, model_type: str) -> str:
+    """The compute dtype of the encoder, by name (``"float32"``...).
 
     ``"auto"`` is float32 on the CPU (reduced precision is slower there and moves vectors),
     bfloat16 on accelerators for T5-family encoders (float16 overflows them), float16 on
     accelerators for everything else. Embeddings are always returned as float32 whatever this is.
     """
-    if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"dtype={dtype!r} is not supported; use one of {_DTYPE_NAMES}.")
-    if dtype == "auto":
-        if device.startswith("cpu"):
-            return torch.float32
-        if model_type in _FP16_UNSAFE_MODEL_TYPES:
-            return torch.bfloat16
-        return torch.float16
-    return getattr(torch, dtype)
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {DTYPE_NAMES}.")
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cpu"):
+        return "float32"
+    return "bfloat16" if model_type in _FP16_UNSAFE_MODEL_TYPES else "float16"
+
+
+def resolve_dtype(dtype: str, device: str, model_type: str) -> torch.dtype:
+    """:func:`dtype_name` as a ``torch.dtype``."""
+    import torch
+
+    return getattr(torch, dtype_name(dtype, device, model_type))
+
+
+@cache
+def _torch_is_cpu_only() -> bool:
+    """Whether the installed torch was built without CUDA or ROCm, read without importing it.
+
+    Only a definite answer counts: where torch is imported already, or its build cannot be
+    read, or the machine is a Mac (MPS needs no special build), this says False and torch
+    decides.
+    """
+    if "torch" in sys.modules or sys.platform == "darwin":
+        return False
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return False
+    try:
+        build = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return all(
+        re.search(rf"^{name}\s*(?::[^=\n]*)?=\s*None\s*$", build, re.M)
+        for name in ("cuda", "hip")
+    )
