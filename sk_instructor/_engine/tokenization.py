@@ -95,6 +95,69 @@ class Tokenizer:
             input_ids=batch["input_ids"], instruction_lengths=lengths, n_truncated=n_truncated
         )
 
+    # -- what long_text="chunk" needs (see chunking.py) ----------------------------------------
+    @property
+    def n_special_tokens(self) -> int:
+        """Special tokens added around one text: ``</s>`` for T5, ``[CLS]`` and ``[SEP]`` for
+        BERT."""
+        return int(self._tokenizer.num_special_tokens_to_add(pair=False))
+
+    def overflowing(
+        self, instructions: list[str], texts: list[str], max_seq_length: int
+    ) -> np.ndarray:
+        """Whether each pair is longer than ``max_seq_length`` tokens, decided exactly as
+        :meth:`tokenize` decides to truncate it (same input string, same call)."""
+        joined = [
+            self._prepare((instruction + text.strip()).strip())
+            for instruction, text in zip(instructions, texts, strict=True)
+        ]
+        with self._lock:
+            batch = self._tokenizer(
+                joined,
+                truncation=True,
+                max_length=max_seq_length,
+                add_special_tokens=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+        return np.fromiter(
+            (bool(encoding.overflowing) for encoding in batch.encodings),
+            dtype=bool,
+            count=len(joined),
+        )
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` tokenized alone, without special tokens."""
+        with self._lock:
+            ids = self._tokenizer(
+                self._prepare(text), add_special_tokens=False, truncation=False, verbose=False
+            )["input_ids"]
+        return len(ids)
+
+    def text_tokens(self, text: str) -> tuple[str, np.ndarray, np.ndarray]:
+        """The tokens of ``text`` alone (no special tokens, no truncation), for splitting it.
+
+        Returns the text as the tokenizer reads it (lower-cased where the checkpoint says so),
+        each token's ``(start, end)`` character offsets in that string, and whether each token
+        starts a word (as the tokenizer's pre-tokenizer splits words).
+        """
+        prepared = self._prepare(text)
+        with self._lock:
+            batch = self._tokenizer(
+                prepared,
+                add_special_tokens=False,
+                truncation=False,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )
+        offsets = np.asarray(batch["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        words = np.asarray([-1 if w is None else w for w in batch.word_ids()], dtype=np.int64)
+        word_start = np.ones(len(words), dtype=bool)
+        word_start[1:] = words[1:] != words[:-1]
+        return prepared, offsets, word_start
+
     def _prepare(self, text: str) -> str:
         # sentence-transformers' do_lower_case applies to instruction and text alike.
         text = text.lower() if self._do_lower_case else text
