@@ -119,6 +119,14 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     >>> pipeline.set_params(instructorvectorizer__domain="Science")[0].get_params()["domain"]
     'Science'
 
+    A text longer than the window is split into overlapping chunks instead of truncated, and
+    its vector is the mean of theirs:
+
+    >>> report = " ".join(["The committee reviewed the budget and the schedule."] * 100)
+    >>> chunked = InstructorVectorizer("hkunlp/instructor-large", long_text="chunk")
+    >>> chunked.fit_transform([report, "Dark matter"]).shape
+    (2, 768)
+
     Pandas output keeps the index of the input:
 
     >>> import pandas as pd
