@@ -235,7 +235,7 @@ def test_chunk_mode_results_do_not_depend_on_batch_composition(tiny_t5_path):
         [_vectorizer(tiny_t5_path, long_text="chunk").fit_transform([text]) for text in texts]
     )
     order = np.random.default_rng(0).permutation(len(texts))
-    for batch_size in (1, 3, None):
+    for batch_size in (2, None):
         vectorizer = _vectorizer(tiny_t5_path, long_text="chunk", batch_size=batch_size)
         together = vectorizer.fit_transform([texts[i] for i in order])
         np.testing.assert_allclose(together, alone[order], rtol=0, atol=1e-6)
