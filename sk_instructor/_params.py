@@ -45,6 +45,7 @@ __all__ = [
     "non_negative_int",
     "positive_int",
     "values",
+    "with_new_defaults",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -341,6 +342,14 @@ def constraints(names: Iterable[str]) -> dict[str, list]:
 def values(source: Any, names: Iterable[str]) -> dict[str, Any]:
     """``{name: source.name}`` for ``names``: how one component configures another."""
     return {name: getattr(source, name) for name in names}
+
+
+def with_new_defaults(state: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """An unpickled estimator's ``state`` with the shared parameters it lacks set to their
+    defaults: an estimator saved before a parameter existed behaves as it did then (every
+    parameter is added with the default that keeps the earlier behaviour)."""
+    missing = {name: DEFAULTS[name] for name in names if name in PARAMETERS and name not in state}
+    return {**missing, **state} if missing else state
 
 
 _DOC_DIRECTIVE = re.compile(r"^(?P<indent>[ ]*)\.\. shared parameters:: (?P<names>.+)$", re.M)

@@ -369,6 +369,10 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         tags.non_deterministic = False
         return tags
 
+    def __setstate__(self, state: dict) -> None:
+        # A retriever pickled before a parameter existed gets its default (its behaviour then).
+        super().__setstate__(params.with_new_defaults(state, self._get_param_names()))
+
     # -- internals -----------------------------------------------------------------------------
     def _vectorizer(self, instruction: str) -> InstructorVectorizer:
         # Cosine search on unit vectors: the dot product is the cosine.

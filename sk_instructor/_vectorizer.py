@@ -280,7 +280,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     def __setstate__(self, state: dict) -> None:
         # A vectorizer fitted on a GPU machine keeps working where there is none: the device is
         # resolved again when the recorded one is missing here.
-        super().__setstate__(state)
+        super().__setstate__(params.with_new_defaults(state, self._get_param_names()))
         recorded = state.get("device_")
         if recorded is not None and not recorded.startswith("cpu"):
             from ._engine.device import resolve_device

@@ -9,6 +9,7 @@ truncate path for the tiny T5) and averaged here in float64. Mechanics run on th
 from __future__ import annotations
 
 import inspect
+import pickle
 import re
 import warnings
 from itertools import pairwise
@@ -22,6 +23,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from sk_instructor import InstructorRetriever, InstructorVectorizer, MemoryCache, pair_similarity
 from sk_instructor._engine.chunking import Chunk, split_text
 from sk_instructor._engine.registry import get_model
+from sk_instructor._params import DEFAULTS
 from sk_instructor.metrics import make_retrieval_scorer
 
 INSTRUCTION = "Represent the Science title: "
@@ -482,3 +484,16 @@ def test_pair_similarity_in_chunk_mode_is_the_cosine_of_the_pooled_vectors(tiny_
     vectors_a = _vectorizer(tiny_t5_path, long_text="chunk").fit_transform(texts_a)
     vectors_b = _vectorizer(tiny_t5_path, long_text="chunk").fit_transform(texts_b)
     np.testing.assert_allclose(got, np.einsum("ij,ij->i", vectors_a, vectors_b), atol=1e-6)
+
+
+def test_estimators_pickled_before_long_text_existed_load_in_truncate_mode(tiny_t5_path):
+    # tests/test_compatibility.py loads a real 0.1.0 vectorizer; the retriever has no such
+    # fixture, so both are pickled here without the two parameters, as 0.1.0 pickled them.
+    vectorizer = InstructorVectorizer(tiny_t5_path, cache=None).fit(["x"])
+    retriever = InstructorRetriever(tiny_t5_path, cache=None).fit(SHORT_TEXTS[:2])
+    for estimator in (vectorizer, retriever):
+        del estimator.__dict__["long_text"], estimator.__dict__["chunk_overlap"]
+        loaded = pickle.loads(pickle.dumps(estimator))
+        assert loaded.get_params()["long_text"] == "truncate"
+        assert loaded.get_params()["chunk_overlap"] == DEFAULTS["chunk_overlap"]
+    assert pickle.loads(pickle.dumps(retriever)).kneighbors(["dark"], 1)[1].tolist() == [[0]]
