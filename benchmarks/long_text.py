@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     articles = articles[: args.n_articles]
     lengths = np.array([_n_tokens(tokenizer, (instruction + a).strip()) for a in articles])
     print(f"model: {args.model}  device: {args.device}  max_seq_length: {max_len}")
+    print(f"options: k={args.k} overlaps={overlaps} n_articles={args.n_articles}")
     print(
         f"{len(articles)} Lee articles, {lengths.min()}-{lengths.max()} tokens with the "
         f"document instruction (median {int(np.median(lengths))}); "
