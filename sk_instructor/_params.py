@@ -31,6 +31,7 @@ from typing import Any
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._cache import EmbeddingCache
+from ._engine.chunking import DEFAULT_CHUNK_OVERLAP
 from ._instruction import DEFAULT_TEMPLATE
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "constraints",
     "fill_parameter_docs",
     "from_cli",
+    "non_negative_int",
     "positive_int",
     "restore_defaults",
     "values",
@@ -49,6 +51,7 @@ __all__ = [
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MISSING_POLICIES = ("error", "empty", "zero")
+LONG_TEXT_MODES = ("truncate", "chunk")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,17 @@ def positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    """argparse ``type`` for options that take an integer >= 0."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
     return number
 
 
@@ -214,8 +228,30 @@ for T5 (float16 overflows it) and float16 for other encoders on GPUs.""",
         [Interval(Integral, 2, None, closed="left"), None],
         "int or None",
         """Token limit per text, instruction included; ``None`` uses the checkpoint's (512 for
-INSTRUCTOR). Longer texts are truncated with a warning.""",
+INSTRUCTOR). Longer texts are truncated with a warning, or split (see ``long_text``).""",
         cli={"type": positive_int, "metavar": "N"},
+    ),
+    Parameter(
+        "long_text",
+        "truncate",
+        [StrOptions(set(LONG_TEXT_MODES))],
+        '{"truncate", "chunk"}',
+        """What to do with a text longer than ``max_seq_length`` tokens (instruction included).
+``"truncate"``: keep its first tokens, with a warning (what the published models do).
+``"chunk"``: split it into overlapping windows of its tokens, each read under the instruction
+as a text of its own, and average the window vectors weighted by their text tokens (then
+normalize, when ``normalize=True``). Texts that fit are embedded exactly as with
+``"truncate"``.""",
+        cli={"choices": LONG_TEXT_MODES},
+    ),
+    Parameter(
+        "chunk_overlap",
+        DEFAULT_CHUNK_OVERLAP,
+        [Interval(Integral, 0, None, closed="left")],
+        "int",
+        """Tokens that consecutive windows share with ``long_text="chunk"``, at most half a
+window. Ignored with ``"truncate"``.""",
+        cli={"type": non_negative_int, "metavar": "TOKENS"},
     ),
     Parameter(
         "normalize",
@@ -290,6 +326,8 @@ ENGINE = (
     "device",
     "dtype",
     "max_seq_length",
+    "long_text",
+    "chunk_overlap",
     "normalize",
     "missing",
     "show_progress_bar",

@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _params as params
 from ._instruction import InstructionPair, InstructionTemplate
 from ._params import DEFAULTS
-from ._search import cosine_kneighbors
+from ._search import cosine_kneighbors, grouped_cosine_kneighbors
 from ._vectorizer import InstructorVectorizer
 from .metrics import mrr_at_k
 
@@ -46,6 +46,15 @@ class InstructorRetriever(BaseEstimator):
     ``corpus_chunk`` distances at a time, each block reduced to its best ``n_neighbors`` by a
     partial sort), so a corpus of a million documents never builds an
     ``n_queries x n_documents`` matrix.
+
+    **Long documents.** By default a document longer than ``max_seq_length`` tokens is
+    truncated: its end is never searched. With ``long_text="chunk"``, ``fit`` splits it into
+    overlapping windows (``chunk_overlap`` tokens shared), embeds each window under the
+    document instruction and indexes every window; a document's distance to a query is that of
+    its nearest window (the best chunk, max over chunks of the cosine similarity), so a passage
+    anywhere in a document can be found. :meth:`kneighbors` still returns document positions,
+    each at most once. Queries longer than the window are embedded as the vectorizer embeds
+    them in chunk mode (the weighted mean of their windows).
 
     **Tuning the instructions with GridSearchCV.** Cross-validation splits the *labelled
     queries*: ``GridSearchCV(...).fit(queries, relevant)`` calls ``fit(queries_train,
@@ -82,14 +91,24 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         Queries per block of the search.
     corpus_chunk : int, default=8192
         Documents per block of the search. A float32 block of the defaults takes 16 MiB.
-    .. shared parameters:: batch_size, device, dtype, max_seq_length, missing
-    .. shared parameters:: show_progress_bar, cache, revision, local_files_only
+    .. shared parameters:: batch_size, device, dtype, max_seq_length, long_text, chunk_overlap
+    .. shared parameters:: missing, show_progress_bar, cache, revision, local_files_only
 
     Attributes
     ----------
     document_embeddings_ : ndarray of shape (n_documents_, embedding_dim_), float32
         Unit-length embeddings of the corpus (zero rows for missing documents when
-        ``missing="zero"``). Pickled with the retriever; the model weights are not.
+        ``missing="zero"``). Pickled with the retriever; the model weights are not. With
+        ``long_text="chunk"``: each document's vector as
+        :class:`~sk_instructor.InstructorVectorizer` gives it in chunk mode (the normalized
+        mean of its chunks, weighted by their text tokens); the search uses the chunks.
+    chunk_embeddings_ : ndarray of shape (n_chunks, embedding_dim_), float32
+        Only with ``long_text="chunk"``: the unit-length vector of every chunk, in corpus
+        order and reading order within a document (a document that fits the window is one
+        chunk, embedded whole).
+    chunk_documents_ : ndarray of shape (n_chunks,), dtype intp
+        Only with ``long_text="chunk"``: the position of each chunk's document in the corpus
+        (non-decreasing).
     n_documents_ : int
         Number of documents in the corpus.
     n_samples_fit_ : int
@@ -170,6 +189,8 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         device: str = DEFAULTS["device"],
         dtype: str = DEFAULTS["dtype"],
         max_seq_length: int | None = DEFAULTS["max_seq_length"],
+        long_text: str = DEFAULTS["long_text"],
+        chunk_overlap: int = DEFAULTS["chunk_overlap"],
         missing: str = DEFAULTS["missing"],
         show_progress_bar: bool | None = DEFAULTS["show_progress_bar"],
         cache: Any = DEFAULTS["cache"],
@@ -188,6 +209,8 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         self.device = device
         self.dtype = dtype
         self.max_seq_length = max_seq_length
+        self.long_text = long_text
+        self.chunk_overlap = chunk_overlap
         self.missing = missing
         self.show_progress_bar = show_progress_bar
         self.cache = cache
@@ -222,9 +245,17 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         else:
             corpus = X
         self.query_instruction_, self.document_instruction_ = self._resolve_instructions()
-        self.document_embeddings_ = self._vectorizer(self.document_instruction_).fit_transform(
-            corpus
-        )
+        vectorizer = self._vectorizer(self.document_instruction_)
+        # A refit in the other mode must not search the chunks of the previous fit.
+        for name in ("chunk_embeddings_", "chunk_documents_"):
+            self.__dict__.pop(name, None)
+        if self.long_text == "chunk":
+            chunks = vectorizer._fit_embed_chunks(corpus)
+            self.chunk_embeddings_ = chunks.vectors
+            self.chunk_documents_ = chunks.owners
+            self.document_embeddings_ = chunks.pool(normalize=True)
+        else:
+            self.document_embeddings_ = vectorizer.fit_transform(corpus)
         self.n_documents_ = self.n_samples_fit_ = self.document_embeddings_.shape[0]
         self.embedding_dim_ = self.document_embeddings_.shape[1]
         return self
@@ -292,10 +323,7 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
                 f"Expected 1 <= n_neighbors <= n_samples_fit, but n_neighbors = {n_neighbors}, "
                 f"n_samples_fit = {self.n_samples_fit_}"
             )
-        return cosine_kneighbors(
-            self.embed_queries(X),
-            self.document_embeddings_,
-            int(n_neighbors),
+        search = dict(
             query_chunk=self.query_chunk,
             corpus_chunk=self.corpus_chunk,
             # Rows are unit vectors from the engine (or zero rows); normalizing each corpus
@@ -303,6 +331,13 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
             corpus_is_normalized=True,
             return_distance=return_distance,
         )
+        queries = self.embed_queries(X)
+        if hasattr(self, "chunk_embeddings_"):
+            # Fitted with long_text="chunk": a document is as near as its nearest chunk.
+            return grouped_cosine_kneighbors(
+                queries, self.chunk_embeddings_, self.chunk_documents_, int(n_neighbors), **search
+            )
+        return cosine_kneighbors(queries, self.document_embeddings_, int(n_neighbors), **search)
 
     def score(self, X: Any, y: Any) -> float:
         """Mean reciprocal rank of each query's relevant document within ``n_neighbors``.

@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn.preprocessing import normalize
 from sklearn.utils import check_array
 
-__all__ = ["cosine_kneighbors"]
+__all__ = ["cosine_kneighbors", "grouped_cosine_kneighbors"]
 
 # An index larger than any real one, so that the "no candidate yet" slots sort last on ties.
 _NO_INDEX = np.iinfo(np.intp).max
@@ -219,3 +219,147 @@ def cosine_kneighbors(
     if return_distance:
         return best_distances, best_indices
     return best_indices
+
+
+def grouped_cosine_kneighbors(
+    queries: ArrayLike,
+    corpus: ArrayLike,
+    groups: ArrayLike,
+    n_neighbors: int,
+    *,
+    query_chunk: int = 512,
+    corpus_chunk: int = 8192,
+    corpus_is_normalized: bool = False,
+    return_distance: bool = True,
+) -> tuple[NDArray[np.floating], NDArray[np.intp]] | NDArray[np.intp]:
+    """Exact k nearest *groups* of corpus rows, a group being as near as its nearest row.
+
+    The search of a corpus of chunked documents: row ``i`` of ``corpus`` is a chunk of document
+    ``groups[i]``, and a document's cosine distance to a query is the smallest distance of its
+    chunks (its best chunk: max over chunks of the cosine similarity). Each document appears at
+    most once per query. With one row per group this is :func:`cosine_kneighbors`, to the bit.
+
+    Parameters
+    ----------
+    queries : array-like of shape (n_queries, n_features)
+        Query embeddings.
+    corpus : array-like of shape (n_rows, n_features)
+        Row embeddings (chunks), grouped: the rows of a group are consecutive.
+    groups : array-like of int, shape (n_rows,)
+        The group of each row: non-decreasing from 0, every group ``0 .. n_groups - 1`` with at
+        least one row.
+    n_neighbors : int
+        Groups per query, ``1 <= n_neighbors <= n_groups``.
+    query_chunk : int, default=512
+        Queries per block.
+    corpus_chunk : int, default=8192
+        Corpus rows per block. Blocks end at group boundaries; a group larger than this is
+        read in blocks of this size on its own.
+    corpus_is_normalized : bool, default=False
+        Trust that the corpus rows have unit L2 norm (or are zero).
+    return_distance : bool, default=True
+        Whether to return the distances along with the indices.
+
+    Returns
+    -------
+    distances : ndarray of shape (n_queries, n_neighbors)
+        Each group's smallest cosine distance, increasing along each row; float32 when both
+        inputs are float32. Only returned if ``return_distance``.
+    indices : ndarray of shape (n_queries, n_neighbors), dtype intp
+        The groups. Exactly equal distances go to the lower group.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sk_instructor._search import grouped_cosine_kneighbors
+    >>> corpus = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]])
+    >>> distances, indices = grouped_cosine_kneighbors([[0.0, 2.0]], corpus, [0, 0, 1, 2], 2)
+    >>> indices
+    array([[0, 1]])
+    >>> distances.round(3)
+    array([[0. , 0.2]])
+    """
+    queries, corpus, dtype = _validate_inputs(queries, corpus)
+    n_neighbors = _check_positive_int(n_neighbors, "n_neighbors")
+    query_chunk = _check_positive_int(query_chunk, "query_chunk")
+    corpus_chunk = _check_positive_int(corpus_chunk, "corpus_chunk")
+    bounds = _group_bounds(groups, corpus.shape[0])
+    n_queries, n_groups = queries.shape[0], len(bounds) - 1
+    if n_neighbors > n_groups:
+        raise ValueError(
+            "Expected n_neighbors <= n_samples_fit, but n_neighbors = "
+            f"{n_neighbors}, n_samples_fit = {n_groups}, n_samples = {n_queries}"
+        )
+
+    best_distances = np.full((n_queries, n_neighbors), np.inf, dtype=dtype)
+    best_indices = np.full((n_queries, n_neighbors), _NO_INDEX, dtype=np.intp)
+
+    def merge(query_rows: slice, distances: np.ndarray, first_group: int) -> None:
+        top = _block_top_k(distances, n_neighbors)
+        best_distances[query_rows], best_indices[query_rows] = _merge_top_k(
+            best_distances[query_rows],
+            best_indices[query_rows],
+            np.take_along_axis(distances, top, axis=1),
+            top + first_group,
+            n_neighbors,
+        )
+
+    for first, last in _group_blocks(bounds, corpus_chunk):
+        start, stop = int(bounds[first]), int(bounds[last])
+        if stop - start <= corpus_chunk:
+            unit_corpus = _unit_rows(corpus[start:stop], dtype, corpus_is_normalized)
+            local = bounds[first:last] - start
+            for query_rows in _chunks(n_queries, query_chunk):
+                unit_queries = _unit_rows(queries[query_rows], dtype, already_normalized=False)
+                distances = _block_distances(unit_queries, unit_corpus)
+                merge(query_rows, np.minimum.reduceat(distances, local, axis=1), first)
+            continue
+        # One group larger than a block: its nearest row, block after block.
+        nearest = np.full((n_queries, 1), np.inf, dtype=dtype)
+        for rows in _chunks(stop - start, corpus_chunk):
+            unit_corpus = _unit_rows(
+                corpus[start + rows.start : start + rows.stop], dtype, corpus_is_normalized
+            )
+            for query_rows in _chunks(n_queries, query_chunk):
+                unit_queries = _unit_rows(queries[query_rows], dtype, already_normalized=False)
+                distances = _block_distances(unit_queries, unit_corpus)
+                np.minimum(
+                    nearest[query_rows],
+                    distances.min(axis=1, keepdims=True),
+                    out=nearest[query_rows],
+                )
+        for query_rows in _chunks(n_queries, query_chunk):
+            merge(query_rows, nearest[query_rows], first)
+    if return_distance:
+        return best_distances, best_indices
+    return best_indices
+
+
+def _group_bounds(groups: ArrayLike, n_rows: int) -> np.ndarray:
+    """Row where each group starts, plus ``n_rows`` at the end; checks the grouping."""
+    groups = np.asarray(groups)
+    if groups.ndim != 1 or len(groups) != n_rows:
+        raise ValueError(
+            f"groups must give one group per corpus row: {n_rows} rows, groups of shape "
+            f"{groups.shape}."
+        )
+    if n_rows == 0 or not np.issubdtype(groups.dtype, np.integer):
+        raise ValueError("groups must be a non-empty array of integers.")
+    steps = np.diff(groups)
+    if groups[0] != 0 or ((steps != 0) & (steps != 1)).any():
+        raise ValueError(
+            "groups must be non-decreasing from 0 with no group left out (0, 0, 1, 2, 2, ...)."
+        )
+    return np.append(np.flatnonzero(np.r_[True, steps != 0]), n_rows)
+
+
+def _group_blocks(bounds: np.ndarray, corpus_chunk: int) -> Iterator[tuple[int, int]]:
+    """Consecutive groups ``[first, last)`` of at most ``corpus_chunk`` rows in all, or one
+    group alone when it is larger."""
+    n_groups = len(bounds) - 1
+    first = 0
+    while first < n_groups:
+        last = int(np.searchsorted(bounds, bounds[first] + corpus_chunk, side="right")) - 1
+        last = min(max(last, first + 1), n_groups)
+        yield first, last
+        first = last

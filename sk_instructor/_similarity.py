@@ -44,6 +44,8 @@ def pair_similarity(
     device: str = DEFAULTS["device"],
     dtype: str = DEFAULTS["dtype"],
     max_seq_length: int | None = DEFAULTS["max_seq_length"],
+    long_text: str = DEFAULTS["long_text"],
+    chunk_overlap: int = DEFAULTS["chunk_overlap"],
     missing: str = DEFAULTS["missing"],
     show_progress_bar: bool | None = DEFAULTS["show_progress_bar"],
     cache: Any = DEFAULTS["cache"],
@@ -72,8 +74,8 @@ def pair_similarity(
     instruction_b : str or None, default=None
         Instruction for ``texts_b``; ``None`` uses ``instruction_a`` (symmetric tasks). Pass
         ``""`` for no instruction on this side only.
-    .. shared parameters:: batch_size, device, dtype, max_seq_length, missing
-    .. shared parameters:: show_progress_bar, cache, revision, local_files_only
+    .. shared parameters:: batch_size, device, dtype, max_seq_length, long_text, chunk_overlap
+    .. shared parameters:: missing, show_progress_bar, cache, revision, local_files_only
 
     Returns
     -------

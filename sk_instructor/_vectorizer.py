@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from sklearn.base import (
@@ -26,6 +26,9 @@ from ._input import TextColumn, describe_rows, read_text_column
 from ._instruction import format_instruction
 from ._params import DEFAULTS
 from ._warnings import warn
+
+if TYPE_CHECKING:
+    from ._engine.chunking import ChunkedEmbeddings
 
 __all__ = ["InstructorVectorizer"]
 
@@ -56,8 +59,9 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ``[instruction, text, flag]`` and embed its text under its own instruction (the flag is
         ignored, as in InstructorEmbedding 1.0.1). ``instruction`` must then be None, and
         ``instruction_`` is None. Without it, such rows are refused.
-    .. shared parameters:: batch_size, device, dtype, max_seq_length, normalize, missing
-    .. shared parameters:: show_progress_bar, cache, revision, local_files_only
+    .. shared parameters:: batch_size, device, dtype, max_seq_length, long_text, chunk_overlap
+    .. shared parameters:: normalize, missing, show_progress_bar, cache, revision
+    .. shared parameters:: local_files_only
 
     Attributes
     ----------
@@ -86,6 +90,14 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     column. Rows ``[instruction, text]`` or ``[instruction, text, 0]`` (the model card's form)
     embed each text under its own instruction when ``per_row_instructions=True``.
 
+    Texts longer than ``max_seq_length`` tokens (512 for INSTRUCTOR, instruction included) are
+    truncated by default, as the published models were evaluated. With ``long_text="chunk"``
+    such a text is split into windows of its tokens that overlap by ``chunk_overlap`` tokens;
+    each window is embedded under the instruction as a text of its own (cached, deduplicated
+    and batched like any text) and the text's vector is the mean of the window vectors,
+    weighted by their text tokens. Texts that fit are embedded exactly as in truncate mode,
+    and use the same cache entries.
+
     Examples
     --------
     >>> from sk_instructor import InstructorVectorizer
@@ -110,6 +122,14 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     array([...])
     >>> pipeline.set_params(instructorvectorizer__domain="Science")[0].get_params()["domain"]
     'Science'
+
+    A text longer than the window is split into overlapping chunks instead of truncated, and
+    its vector is the mean of theirs:
+
+    >>> report = " ".join(["The committee reviewed the budget and the schedule."] * 100)
+    >>> chunked = InstructorVectorizer("hkunlp/instructor-large", long_text="chunk")
+    >>> chunked.fit_transform([report, "Dark matter"]).shape
+    (2, 768)
 
     Pandas output keeps the index of the input:
 
@@ -138,6 +158,8 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         device: str = DEFAULTS["device"],
         dtype: str = DEFAULTS["dtype"],
         max_seq_length: int | None = DEFAULTS["max_seq_length"],
+        long_text: str = DEFAULTS["long_text"],
+        chunk_overlap: int = DEFAULTS["chunk_overlap"],
         normalize: bool = DEFAULTS["normalize"],
         missing: str = DEFAULTS["missing"],
         show_progress_bar: bool | None = DEFAULTS["show_progress_bar"],
@@ -156,6 +178,8 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.device = device
         self.dtype = dtype
         self.max_seq_length = max_seq_length
+        self.long_text = long_text
+        self.chunk_overlap = chunk_overlap
         self.normalize = normalize
         self.missing = missing
         self.show_progress_bar = show_progress_bar
@@ -364,30 +388,74 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
 
     def _embed(self, column: TextColumn, *, progress: Any = None) -> np.ndarray:
         texts = column.texts
-        self._check_missing(column)
-        keep = np.ones(len(texts), dtype=bool)
-        if column.missing_rows and self.missing == "zero":
-            keep[column.missing_rows] = False
-        instructions = column.instructions or [self.instruction_] * len(texts)
-        rows = np.flatnonzero(keep)
+        rows = self._rows_to_encode(column)
         engine = self._engine()
         output = np.zeros((len(texts), engine.embedding_dim), dtype=np.float32)
         if len(rows) == 0:
             return output
-        bar = (
-            contextlib.nullcontext(progress) if progress is not None else self._progress(len(rows))
-        )
-        with bar as progress:
+        instructions = column.instructions or [self.instruction_] * len(texts)
+        with self._bar(len(rows), progress) as progress:
             output[rows] = engine.encode(
                 [instructions[i] for i in rows],
                 [texts[i] if texts[i] is not None else "" for i in rows],
+                batch_size=self.batch_size,
+                max_seq_length=self.max_seq_length,
+                long_text=self.long_text,
+                chunk_overlap=self.chunk_overlap,
+                normalize=self.normalize,
+                cache=resolve_cache(self.cache),
+                progress=progress,
+            )
+        return output
+
+    def _fit_embed_chunks(self, X: Any) -> ChunkedEmbeddings:
+        """Fit, then embed ``X`` as chunks, whatever ``long_text`` says (the retriever's index).
+
+        Each text gives its chunk vectors (one, the text's own, when it fits the window), in
+        row order; a missing text under ``missing="zero"`` gives one zero chunk.
+        """
+        self._validate_params()
+        column = self._fit(X)
+        texts = column.texts
+        rows = self._rows_to_encode(column)
+        engine = self._engine()
+        instructions = column.instructions or [self.instruction_] * len(texts)
+        with self._bar(len(rows), None) as progress:
+            chunks = engine.encode_chunks(
+                [instructions[i] for i in rows],
+                [texts[i] if texts[i] is not None else "" for i in rows],
+                chunk_overlap=self.chunk_overlap,
                 batch_size=self.batch_size,
                 max_seq_length=self.max_seq_length,
                 normalize=self.normalize,
                 cache=resolve_cache(self.cache),
                 progress=progress,
             )
-        return output
+        if len(rows) == len(texts):
+            return chunks
+        # Zero chunks for the rows left out, merged into row order.
+        skipped = np.setdiff1d(np.arange(len(texts)), rows)
+        owners = np.concatenate([rows[chunks.owners], skipped])
+        order = np.argsort(owners, kind="stable")
+        zeros = np.zeros((len(skipped), engine.embedding_dim), dtype=np.float32)
+        return type(chunks)(
+            vectors=np.concatenate([chunks.vectors, zeros])[order],
+            owners=owners[order],
+            weights=np.concatenate([chunks.weights, np.ones(len(skipped), np.int64)])[order],
+            n_rows=len(texts),
+        )
+
+    def _rows_to_encode(self, column: TextColumn) -> np.ndarray:
+        """The rows that go through the engine: all but the missing ones under missing="zero"."""
+        self._check_missing(column)
+        keep = np.ones(len(column.texts), dtype=bool)
+        if column.missing_rows and self.missing == "zero":
+            keep[column.missing_rows] = False
+        return np.flatnonzero(keep)
+
+    def _bar(self, n_rows: int, progress: Any):
+        """An outside progress bar (the command line's) if given, else our own if wanted."""
+        return contextlib.nullcontext(progress) if progress is not None else self._progress(n_rows)
 
     def _progress(self, n_rows: int):
         show = self.show_progress_bar

@@ -54,6 +54,8 @@ examples:
       --instruction "Represent the Wikipedia question for retrieving supporting documents: "
   sk-instructor embed notes.jsonl -o notes.parquet --model ./my-instructor --device cuda \\
       --cache ~/.cache/sk-instructor --column-per-dimension
+  sk-instructor embed reports.parquet -o reports.npy --column body --long-text chunk \\
+      --text-type report
 
 output:
   .parquet  the --id-column (when given) and one fixed_size_list<float32> column named
@@ -276,6 +278,11 @@ def _embed(args: argparse.Namespace) -> int:
             "embedding_dim": vectorizer.embedding_dim_,
         },
     }
+    if args.long_text != "truncate":
+        # Only when chunking: manifests of truncating runs stay those of earlier versions, so
+        # that their unfinished runs still resume.
+        manifest["settings"]["long_text"] = args.long_text
+        manifest["settings"]["chunk_overlap"] = args.chunk_overlap
 
     chunks = table_input.chunks(args.chunk_size)
     first_chunk = next(chunks, None)
@@ -372,6 +379,8 @@ def _provenance(args: argparse.Namespace, vectorizer) -> dict[str, str]:
                 "revision": args.revision,
                 "instruction": vectorizer.instruction_,
                 "normalize": args.normalize,
+                "long_text": args.long_text,
+                "chunk_overlap": args.chunk_overlap if args.long_text == "chunk" else None,
                 "embedding_dim": vectorizer.embedding_dim_,
                 "text_column": args.column,
             }

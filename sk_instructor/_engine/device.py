@@ -110,6 +110,5 @@ def _torch_is_cpu_only() -> bool:
     except OSError:
         return False
     return all(
-        re.search(rf"^{name}\s*(?::[^=\n]*)?=\s*None\s*$", build, re.M)
-        for name in ("cuda", "hip")
+        re.search(rf"^{name}\s*(?::[^=\n]*)?=\s*None\s*$", build, re.M) for name in ("cuda", "hip")
     )

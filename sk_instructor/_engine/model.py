@@ -24,6 +24,13 @@ from .._exceptions import CheckpointError
 from .._warnings import warn
 from .batching import DEFAULT_TOKEN_BUDGET, plan_batches
 from .checkpoint import ResolvedModel, read_stages
+from .chunking import (
+    DEFAULT_CHUNK_OVERLAP,
+    ChunkedEmbeddings,
+    RowProgress,
+    plan_chunks,
+    text_window,
+)
 from .stages import STAGE_TYPES, Features, LoadSettings
 from .stages.normalize import Normalize
 from .stages.pooling import Pooling
@@ -137,6 +144,8 @@ class EmbeddingModel:
         normalize: bool = True,
         cache: EmbeddingCache | None = None,
         progress: Any = None,
+        long_text: str = "truncate",
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> np.ndarray:
         """Embed ``texts[i]`` under ``instructions[i]``; returns float32 ``(n, embedding_dim)``.
 
@@ -146,7 +155,26 @@ class EmbeddingModel:
 
         ``progress`` is an optional object with ``update(n)`` (e.g. a tqdm bar) advanced by
         the number of input rows whose vector is ready.
+
+        ``long_text="truncate"`` cuts a pair longer than ``max_seq_length`` tokens (with a
+        warning); ``"chunk"`` embeds its overlapping chunks instead (:meth:`encode_chunks`) and
+        returns their mean weighted by text tokens, unit length if ``normalize``.
         """
+        if long_text == "chunk":
+            chunks = self.encode_chunks(
+                instructions,
+                texts,
+                chunk_overlap=chunk_overlap,
+                batch_size=batch_size,
+                token_budget=token_budget,
+                max_seq_length=max_seq_length,
+                normalize=normalize,
+                cache=cache,
+                progress=progress,
+            )
+            return chunks.pool(normalize=normalize)
+        if long_text != "truncate":
+            raise ValueError(f"long_text must be 'truncate' or 'chunk', got {long_text!r}.")
         if len(instructions) != len(texts):
             raise ValueError(
                 f"{len(instructions)} instructions for {len(texts)} texts: give one per text."
@@ -213,6 +241,64 @@ class EmbeddingModel:
                 cause=("truncation", self.fingerprint, max_len),
             )
         return unique_vectors[inverse]
+
+    def encode_chunks(
+        self,
+        instructions: Sequence[str],
+        texts: Sequence[str],
+        *,
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+        batch_size: int | None = None,
+        token_budget: int | None = None,
+        max_seq_length: int | None = None,
+        normalize: bool = True,
+        cache: EmbeddingCache | None = None,
+        progress: Any = None,
+    ) -> ChunkedEmbeddings:
+        """Embed each text as chunks that fit ``max_seq_length``: one chunk, the text itself,
+        when it fits; overlapping windows sharing ``chunk_overlap`` tokens otherwise (see
+        :mod:`.chunking`).
+
+        Chunks are ordinary texts to :meth:`encode` (truncate mode): identical chunks are
+        encoded once, the cache keys them by their own instruction and text, and they are
+        batched by the token budget with everything else, so a long document never makes one
+        large batch. ``progress`` advances in input rows, by the share of chunks encoded.
+
+        Returns
+        -------
+        ChunkedEmbeddings
+            The chunk vectors (unit length if ``normalize``), in row order and reading order
+            within a row, the input row of each, and its weight in the row's mean (its text
+            tokens).
+        """
+        if len(instructions) != len(texts):
+            raise ValueError(
+                f"{len(instructions)} instructions for {len(texts)} texts: give one per text."
+            )
+        max_len = self.check_max_seq_length(max_seq_length)
+        plan = plan_chunks(
+            self._tokenizer, list(instructions), list(texts), max_len, int(chunk_overlap)
+        )
+        vectors = self.encode(
+            plan.instructions,
+            plan.texts,
+            batch_size=batch_size,
+            token_budget=token_budget,
+            max_seq_length=max_len,
+            normalize=normalize,
+            cache=cache,
+            progress=None
+            if progress is None
+            else RowProgress(progress, len(plan.texts), len(texts)),
+        )
+        return ChunkedEmbeddings(
+            vectors=vectors, owners=plan.owners, weights=plan.weights, n_rows=len(texts)
+        )
+
+    def chunk_window(self, instruction: str, max_seq_length: int | None = None) -> int:
+        """Text tokens each chunk holds under ``instruction``; ValueError when the instruction
+        leaves no room for text in ``max_seq_length``."""
+        return text_window(self._tokenizer, instruction, self.check_max_seq_length(max_seq_length))
 
     def check_max_seq_length(self, max_seq_length: int | None) -> int:
         """The token limit to use: the checkpoint's when ``None``, else ``max_seq_length`` once

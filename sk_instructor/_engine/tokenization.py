@@ -79,15 +79,17 @@ class Tokenizer:
 
         Every text would then be cut to nothing and get the same vector.
         """
-        count = self.instruction_tokens(instruction, max_seq_length)
-        if count + 1 < max_seq_length:  # one text token, plus the final special token
+        # The instruction's tokens and every special token of the input (T5's </s>, BERT's
+        # [CLS] and [SEP]) come before any text token can.
+        taken = self.instruction_tokens(instruction, max_seq_length) + 1
+        if taken < max_seq_length:
             return
         text = self._prepare(instruction.strip())
         with self._lock:  # counted in full for the message (it was cut at the window above)
-            count = len(self._tokenizer(text)["input_ids"]) - 1
+            taken = len(self._tokenizer(text)["input_ids"])
         shown = instruction if len(instruction) <= 80 else instruction[:77] + "..."
         raise ValueError(
-            f"the instruction takes {count} of the {max_seq_length} tokens of max_seq_length "
+            f"the instruction takes {taken} of the {max_seq_length} tokens of max_seq_length "
             f"(special tokens included), which leaves no room for the text: every text would "
             f"get the same vector. Shorten the instruction {shown!r} or raise max_seq_length."
         )
@@ -118,6 +120,69 @@ class Tokenizer:
         return TokenizedTexts(
             input_ids=batch["input_ids"], instruction_lengths=lengths, n_truncated=n_truncated
         )
+
+    # -- what long_text="chunk" needs (see chunking.py) ----------------------------------------
+    @property
+    def n_special_tokens(self) -> int:
+        """Special tokens added around one text: ``</s>`` for T5, ``[CLS]`` and ``[SEP]`` for
+        BERT."""
+        return int(self._tokenizer.num_special_tokens_to_add(pair=False))
+
+    def overflowing(
+        self, instructions: list[str], texts: list[str], max_seq_length: int
+    ) -> np.ndarray:
+        """Whether each pair is longer than ``max_seq_length`` tokens, decided exactly as
+        :meth:`tokenize` decides to truncate it (same input string, same call)."""
+        joined = [
+            self._prepare((instruction + text.strip()).strip())
+            for instruction, text in zip(instructions, texts, strict=True)
+        ]
+        with self._lock:
+            batch = self._tokenizer(
+                joined,
+                truncation=True,
+                max_length=max_seq_length,
+                add_special_tokens=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+        return np.fromiter(
+            (bool(encoding.overflowing) for encoding in batch.encodings),
+            dtype=bool,
+            count=len(joined),
+        )
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` tokenized alone, without special tokens."""
+        with self._lock:
+            ids = self._tokenizer(
+                self._prepare(text), add_special_tokens=False, truncation=False, verbose=False
+            )["input_ids"]
+        return len(ids)
+
+    def text_tokens(self, text: str) -> tuple[str, np.ndarray, np.ndarray]:
+        """The tokens of ``text`` alone (no special tokens, no truncation), for splitting it.
+
+        Returns the text as the tokenizer reads it (lower-cased where the checkpoint says so),
+        each token's ``(start, end)`` character offsets in that string, and whether each token
+        starts a word (as the tokenizer's pre-tokenizer splits words).
+        """
+        prepared = self._prepare(text)
+        with self._lock:
+            batch = self._tokenizer(
+                prepared,
+                add_special_tokens=False,
+                truncation=False,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )
+        offsets = np.asarray(batch["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        words = np.asarray([-1 if w is None else w for w in batch.word_ids()], dtype=np.int64)
+        word_start = np.ones(len(words), dtype=bool)
+        word_start[1:] = words[1:] != words[:-1]
+        return prepared, offsets, word_start
 
     def _prepare(self, text: str) -> str:
         # sentence-transformers' do_lower_case applies to instruction and text alike.
