@@ -100,7 +100,8 @@ def test_each_input_format_gives_in_process_vectors_with_ids_in_input_order(
 
     assert code == 0
     got_ids, vectors = read_parquet_output(output)
-    assert got_ids == ids
+    # CSV and TSV fields are text: ids come back exactly as written.
+    assert got_ids == ([str(i) for i in ids] if suffix in (".csv", ".tsv") else ids)
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
     assert not (tmp_path / "vectors.parquet.parts").exists()
@@ -256,7 +257,30 @@ def _bad_input(tmp_path: Path, case: str) -> tuple[Path, list[str], str]:
     if case == "malformed csv row":
         path = tmp_path / "rows.csv"
         path.write_text("id,text\n1,fine\n2,too,many,fields\n")
-        return path, [], "could not read"
+        return path, [], "line 3"
+    if case == "short csv row":
+        path = tmp_path / "rows.tsv"
+        path.write_text("id\ttext\n1\tfine\n2\n3\tmore\n")
+        return path, [], "line 3"
+    if case == "unterminated csv quote":
+        # pyarrow read this as 2 rows: the quote swallowed the rest of the file.
+        path = tmp_path / "rows.csv"
+        path.write_text('id,text\n1,fine\n2,"unterminated\n3,more\n4,x\n')
+        return path, [], "line 3"
+    if case == "text after a closing quote":
+        path = tmp_path / "rows.csv"
+        path.write_text('id,text\n1,fine\n2,"closed" and more\n3,x\n')
+        return path, [], "line 3"
+    if case == "csv not utf-8":
+        path = tmp_path / "rows.csv"
+        path.write_bytes(b"id,text\n1,fine\n2,caf\xe9\n3,x\n")
+        return path, [], "line 3"
+    if case == "invalid json line":
+        path = tmp_path / "rows.jsonl"
+        path.write_text('{"id": 1, "text": "a"}\n{"id": 2, "text": "b"\n{"id": 3, "text": "c"}\n')
+        return path, [], "line 2"
+    if case == "jsonl id changes type after 4 MiB":
+        return _jsonl_id_changing_type(tmp_path), ["--id-column", "id"], "line 4501"
     if case == "empty file":
         path = tmp_path / "rows.jsonl"
         path.write_text("")
@@ -277,11 +301,27 @@ def _bad_input(tmp_path: Path, case: str) -> tuple[Path, list[str], str]:
     raise AssertionError(case)
 
 
+def _jsonl_id_changing_type(tmp_path: Path) -> Path:
+    """4,500 rows (over 4 MiB, the reader's block) with integer ids, then one with a text id."""
+    path = tmp_path / "rows.jsonl"
+    with open(path, "w") as handle:
+        for row in range(4500):
+            handle.write(json.dumps({"id": row, "text": "same text", "notes": "n" * 1000}) + "\n")
+        handle.write(json.dumps({"id": "A-1", "text": "same text", "notes": ""}) + "\n")
+    return path
+
+
 BAD_INPUTS = [
     "missing column",
     "missing id column",
     "unreadable parquet",
     "malformed csv row",
+    "short csv row",
+    "unterminated csv quote",
+    "text after a closing quote",
+    "csv not utf-8",
+    "invalid json line",
+    "jsonl id changes type after 4 MiB",
     "empty file",
     "header only",
     "no rows parquet",
@@ -317,6 +357,88 @@ def test_verbose_adds_the_traceback(tmp_path, tiny_t5_path, capsys, case):
 
     assert code == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "case", ["unterminated csv quote", "csv not utf-8", "jsonl id changes type after 4 MiB"]
+)
+def test_a_malformed_file_is_refused_before_the_model_loads(tmp_path, capsys, case):
+    # No model at this path: the error must be the input's, found before any model is loaded.
+    input_path, extra, expected = _bad_input(tmp_path, case)
+
+    output = tmp_path / "v.parquet"
+    code = main([*embed_args(input_path, output, tmp_path / "no-model"), *extra])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert expected in err
+    assert "no-model" not in err
+
+
+def test_a_20_mb_csv_field_is_read_whole(tmp_path):
+    from sk_instructor._cli.table_input import RowReader, open_table_input
+
+    big = "word " * 4_000_000
+    path = tmp_path / "rows.csv"
+    path.write_text(f'id,text\n1,short\n2,"{big}"\n3,after\n')
+
+    table_input = open_table_input(path, column="text", id_column="id")
+    summary = table_input.scan()
+    table = RowReader(table_input.batches()).take(10)
+
+    assert summary.n_rows == 3
+    assert table.column("text").to_pylist() == ["short", big, "after"]
+    assert table.column("id").to_pylist() == ["1", "2", "3"]
+
+
+def test_a_20_mb_csv_field_in_another_column_does_not_stop_the_run(tmp_path, tiny_t5_path):
+    # pyarrow's reader failed on it ("straddling object ... block size") whatever its column.
+    path = tmp_path / "rows.csv"
+    path.write_text(f'id,notes,text\n1,,first\n2,"{"n" * 20_000_000}",second\n3,,third\n')
+    output = tmp_path / "vectors.parquet"
+
+    assert main(embed_args(path, output, tiny_t5_path, "--id-column", "id")) == 0
+
+    ids, vectors = read_parquet_output(output)
+    assert ids == ["1", "2", "3"]
+    expected = expected_vectors(tiny_t5_path, ["first", "second", "third"])
+    np.testing.assert_allclose(vectors, expected, rtol=0, atol=1e-6)
+
+
+def test_csv_ids_are_kept_as_written_even_when_their_look_changes_after_4_mib(
+    tmp_path, tiny_t5_path
+):
+    # pyarrow guessed int64 from the first 4 MiB and stopped the run at the first "A-1".
+    path = tmp_path / "rows.csv"
+    with open(path, "w") as handle:
+        handle.write("id,text,notes\n")
+        for row in range(4500):
+            handle.write(f"{row},same text,{'n' * 1000}\n")
+        handle.write("A-1,same text,\n007,other text,\n,no id,\n")
+    output = tmp_path / "vectors.parquet"
+
+    assert main(embed_args(path, output, tiny_t5_path, "--id-column", "id")) == 0
+
+    ids, vectors = read_parquet_output(output)
+    assert ids == [str(row) for row in range(4500)] + ["A-1", "007", ""]
+    expected = expected_vectors(tiny_t5_path, ["same text", "other text", "no id"])
+    np.testing.assert_allclose(vectors[-3:], expected, rtol=0, atol=1e-6)
+
+
+def test_csv_quoted_newlines_quotes_blank_lines_and_a_bom_are_read_as_written(
+    tmp_path, tiny_t5_path
+):
+    path = tmp_path / "rows.csv"
+    content = 'id,text\r\n1,"two\r\nlines"\r\n\r\n2,"say ""hi"""\r\n3,""\r\n4,plain "quote"\r\n'
+    path.write_bytes(b"\xef\xbb\xbf" + content.encode())
+    output = tmp_path / "vectors.parquet"
+
+    assert main(embed_args(path, output, tiny_t5_path, "--id-column", "id")) == 0
+
+    ids, vectors = read_parquet_output(output)
+    texts = ["two\r\nlines", 'say "hi"', "", 'plain "quote"']
+    assert ids == ["1", "2", "3", "4"]
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
 
 
 def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch, capsys):

@@ -11,7 +11,6 @@ same command is run again. Problems are reported on one line, with the traceback
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import re
 import signal
@@ -221,7 +220,7 @@ def _embed(args: argparse.Namespace) -> int:
     except ImportError:
         raise InputError(PYARROW_HINT) from None
     from .chunked_output import ChunkedOutput, input_signature
-    from .table_input import open_table_input
+    from .table_input import RowReader, open_table_input
 
     input_path, output = Path(args.input), Path(args.output)
     output_format = _OUTPUT_FORMATS.get(output.suffix.lower())
@@ -247,17 +246,17 @@ def _embed(args: argparse.Namespace) -> int:
     table_input = open_table_input(
         input_path, column=args.column, id_column=args.id_column, input_format=args.input_format
     )
-    if args.missing == "error" and table_input.format in ("parquet", "jsonl"):
-        # Checked before any work, so that a missing text half-way through does not stop a
-        # long run (CSV fields are never missing: an empty field is the empty string).
-        n_missing, rows = table_input.find_missing()
-        if n_missing:
-            shown = ", ".join(map(str, rows)) + (" ..." if n_missing > len(rows) else "")
-            raise InputError(
-                f"{n_missing} row(s) of {input_path} have no text in column {args.column!r} "
-                f"(rows {shown}, counting from 0); pass --missing empty or --missing zero to "
-                f"embed them anyway"
-            )
+    # The whole file is read once before the model loads: a malformed row, a value of another
+    # type or a missing text half-way through must stop the run before any work, not during it.
+    summary = table_input.scan()
+    if args.missing == "error" and summary.n_missing:
+        rows = summary.missing_rows
+        shown = ", ".join(map(str, rows)) + (" ..." if summary.n_missing > len(rows) else "")
+        raise InputError(
+            f"{summary.n_missing} row(s) of {input_path} have no text in column {args.column!r} "
+            f"(rows {shown}, counting from 0); pass --missing empty or --missing zero to "
+            f"embed them anyway"
+        )
 
     vectorizer = _build_vectorizer(args)
     engine = vectorizer._engine()
@@ -277,25 +276,23 @@ def _embed(args: argparse.Namespace) -> int:
         },
     }
 
-    chunks = table_input.chunks(args.chunk_size)
-    first_chunk = next(chunks, None)
-    if first_chunk is None:
-        raise InputError(f"{input_path} has no rows")
+    reader = RowReader(table_input.batches())
+    chunks = iter(lambda: reader.take(args.chunk_size), None)
 
     parts = ChunkedOutput(output, manifest).open(restart=args.restart)
     try:
-        return _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks)
+        return _embed_chunks(args, summary.n_rows, vectorizer, parts, chunks)
     finally:
         parts.close()
 
 
-def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> int:
+def _embed_chunks(args, n_rows, vectorizer, parts, chunks) -> int:
     done_before = parts.completed_chunks()
     show = args.show_progress_bar
     if show is None:
         show = sys.stderr is not None and sys.stderr.isatty()
     bar = tqdm(
-        total=table_input.n_rows,
+        total=n_rows,
         initial=sum(done_before.values()),
         unit="rows",
         desc="Embedding",
@@ -307,7 +304,7 @@ def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> 
     n_chunks = n_embedded = 0
     try:
         with bar:
-            for index, chunk in enumerate(itertools.chain([first_chunk], chunks)):
+            for index, chunk in enumerate(chunks):
                 n_chunks = index + 1
                 if parts.has_chunk(index, chunk.num_rows):
                     continue
