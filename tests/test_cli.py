@@ -551,7 +551,38 @@ def test_a_second_run_on_the_same_output_is_refused_while_one_runs(tmp_path, tin
     assert main(embed_args(input_path, output, tiny_t5_path)) == 0
 
 
-# -- resuming after real signals (subprocess) ------------------------------------------------------
+def test_a_run_refused_by_the_lock_is_refused_before_the_model_loads(tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    ids, texts = make_rows(10)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "vectors.npy"
+    parts = tmp_path / "vectors.npy.parts"
+    parts.mkdir()
+    with open(parts / ".lock", "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+        # No model at this path: only a refusal that comes before loading it names the lock.
+        code = main(embed_args(input_path, output, tmp_path / "no-model"))
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "another sk-instructor run" in err
+    assert "no-model" not in err
+
+
+def test_an_input_error_leaves_no_work_folder_and_releases_the_lock(tmp_path, tiny_t5_path):
+    path = tmp_path / "rows.csv"
+    path.write_text('id,text\n1,"never closed\n')
+    output = tmp_path / "vectors.npy"
+
+    assert main(embed_args(path, output, tiny_t5_path)) == 1
+    assert not (tmp_path / "vectors.npy.parts").exists()
+
+    write_input(path, *make_rows(5))
+    assert main(embed_args(path, output, tiny_t5_path)) == 0
+
+
+# -- runs in subprocesses: two at once, real signals -----------------------------------------------
 
 # Rows and chunk size for the subprocess tests: enough chunks that the run cannot finish between
 # two polls of the work folder (each chunk costs milliseconds: an encoder call, a synced write).
@@ -678,3 +709,33 @@ def test_ctrl_c_loses_no_completed_chunk_and_resume_equals_uninterrupted_run(tmp
     assert not list(signal_run["parts"].glob(".*.tmp"))  # the chunk being written was dropped
     _assert_only_complete_chunks(signal_run["parts"], signal_run["expected"])
     _assert_resumed_equals_uninterrupted(signal_run, tmp_path)
+
+
+def test_two_runs_started_a_second_apart_on_one_output_leave_one_output_and_one_error(
+    tmp_path, tiny_t5_path
+):
+    # Both used to exit 0, the second replacing the first: the existence check ran before the
+    # model loaded and the lock only after it.
+    ids, texts = make_rows(40)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "vectors.npy"
+    args = [*embed_args(input_path, output, tiny_t5_path), "--cache", "none"]
+
+    first = _start_cli(args, tmp_path)
+    time.sleep(1)
+    second = _start_cli(args, tmp_path)
+    errors = {}
+    for name, process in (("first", first), ("second", second)):
+        _, errors[name] = process.communicate(timeout=300)
+
+    # Normally the first succeeds; if the second overtook it while the first was starting, the
+    # roles swap: either way one run writes the output and the other stops with a clear error.
+    codes = {"first": first.returncode, "second": second.returncode}
+    assert sorted(codes.values()) == [0, 1], errors
+    loser = min(codes, key=lambda name: -codes[name])
+    assert (
+        "another sk-instructor run is writing" in errors[loser]
+        or "already exists; pass --overwrite" in errors[loser]
+    ), errors[loser]
+    np.testing.assert_allclose(np.load(output), expected_vectors(tiny_t5_path, texts), atol=1e-6)
+    assert not (tmp_path / "vectors.npy.parts").exists()

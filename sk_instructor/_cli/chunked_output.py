@@ -95,15 +95,59 @@ class ChunkedOutput:
     (3, 2)
     """
 
-    def __init__(self, output: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, output: str | os.PathLike[str], manifest: dict[str, Any] | None = None
+    ) -> None:
         self.output = Path(output)
         self.parts = self.output.with_name(self.output.name + ".parts")
-        self.manifest = {"manifest_version": MANIFEST_VERSION, **manifest}
+        self.manifest = {"manifest_version": MANIFEST_VERSION, **(manifest or {})}
         self._lock_handle: Any = None
 
     # -- opening: lock, check or write the manifest ------------------------------------------
+    def lock(self) -> ChunkedOutput:
+        """Take the work folder's lock (creating the folder), or fail at once.
+
+        The command line takes it before anything slow, and checks whether the output exists
+        while holding it: two runs on one output then never both go ahead.
+
+        Raises
+        ------
+        OutputError
+            Another run holds the lock.
+        """
+        if self._lock_handle is not None:
+            return self
+        lock_path = self.parts / ".lock"
+        for _ in range(100):
+            self.parts.mkdir(exist_ok=True)
+            try:
+                handle = open(lock_path, "a+b")
+            except FileNotFoundError:  # the run that held it removed the folder just now
+                continue
+            if fcntl is not None:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    handle.close()
+                    raise OutputError(
+                        f"another sk-instructor run is writing {self.output} (it holds "
+                        f"{lock_path}); wait for it to finish"
+                    ) from None
+            # A run that finishes removes the folder, lock file included: a lock taken on the
+            # file it removed between our open and our flock keeps no one out. Take it again.
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path)):
+                    self._lock_handle = handle
+                    return self
+            handle.close()
+        raise OutputError(f"could not take the lock {lock_path}: it keeps being removed")
+
+    def has_work(self) -> bool:
+        """Whether the work folder holds an earlier run's work (a manifest or chunks)."""
+        return (self.parts / "manifest.json").exists() or bool(self.completed_chunks())
+
     def open(self, *, restart: bool = False) -> ChunkedOutput:
-        """Take the work folder: create it, or check that the work found there is resumable.
+        """Take the work folder: lock it, then check that the work found there is resumable.
 
         Parameters
         ----------
@@ -116,8 +160,7 @@ class ChunkedOutput:
             Another run holds the folder, or it holds work of a different input or settings
             (and ``restart`` is false).
         """
-        self.parts.mkdir(exist_ok=True)
-        self._lock()
+        self.lock()
         manifest_path = self.parts / "manifest.json"
         if restart:
             self._clear()
@@ -137,7 +180,21 @@ class ChunkedOutput:
         return self
 
     def close(self) -> None:
-        """Release the lock; chunk files stay for a later run to resume from."""
+        """Release the lock; chunk files stay for a later run to resume from.
+
+        A work folder that holds no work (the run stopped before its manifest was written, on
+        a bad input say) is removed, so that a failed run leaves nothing behind.
+        """
+        if self._lock_handle is None:
+            return
+        if not self.has_work():
+            # Removed while still locked; a run waiting on the lock file takes a new one.
+            with contextlib.suppress(OSError):
+                (self.parts / ".lock").unlink()
+                self.parts.rmdir()
+        self._release()
+
+    def _release(self) -> None:
         if self._lock_handle is not None:
             self._lock_handle.close()
             self._lock_handle = None
@@ -238,11 +295,12 @@ class ChunkedOutput:
             )
         os.replace(assembled, self.output)
         _sync_folder(self.output.parent)
-        self.close()
         # Renamed first so that the work folder vanishes at once: one half-deleted by a crash
-        # would send the next run back to recompute the chunks already removed.
+        # would send the next run back to recompute the chunks already removed. Still locked,
+        # so that no other run starts on the folder in between (see lock()).
         removed = self.parts.with_name(f".{self.parts.name}.{os.getpid()}.removed")
         os.replace(self.parts, removed)
+        self._release()
         shutil.rmtree(removed, ignore_errors=True)
         return n_rows
 
@@ -296,19 +354,6 @@ class ChunkedOutput:
         return n_rows
 
     # -- internals ----------------------------------------------------------------------------
-    def _lock(self) -> None:
-        handle = open(self.parts / ".lock", "a+b")
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                raise OutputError(
-                    f"another sk-instructor run is writing {self.output} (it holds "
-                    f"{self.parts / '.lock'}); wait for it to finish"
-                ) from None
-        self._lock_handle = handle
-
     def _check_manifest(self, manifest_path: Path) -> None:
         try:
             found = json.loads(manifest_path.read_text())

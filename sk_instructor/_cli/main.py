@@ -219,8 +219,7 @@ def _embed(args: argparse.Namespace) -> int:
         import pyarrow  # noqa: F401
     except ImportError:
         raise InputError(PYARROW_HINT) from None
-    from .chunked_output import ChunkedOutput, input_signature
-    from .table_input import RowReader, open_table_input
+    from .chunked_output import ChunkedOutput
 
     input_path, output = Path(args.input), Path(args.output)
     output_format = _OUTPUT_FORMATS.get(output.suffix.lower())
@@ -239,8 +238,21 @@ def _embed(args: argparse.Namespace) -> int:
         raise OutputError(f"cannot write {output}: folder {output.parent} does not exist")
     if input_path.exists() and output.exists() and input_path.samefile(output):
         raise OutputError("OUTPUT is the INPUT file; choose another output name")
-    parts = output.with_name(output.name + ".parts")
-    if output.exists() and not parts.exists() and not args.overwrite:
+    # Locked before anything slow, and the output's existence checked under the lock: two
+    # runs on one output then never both go ahead (the second stops here, at once).
+    parts = ChunkedOutput(output).lock()
+    try:
+        return _embed_locked(args, parts)
+    finally:
+        parts.close()
+
+
+def _embed_locked(args: argparse.Namespace, parts) -> int:
+    from .chunked_output import input_signature
+    from .table_input import RowReader, open_table_input
+
+    input_path, output = Path(args.input), Path(args.output)
+    if output.exists() and not parts.has_work() and not args.overwrite:
         raise OutputError(f"{output} already exists; pass --overwrite to replace it")
 
     table_input = open_table_input(
@@ -279,11 +291,9 @@ def _embed(args: argparse.Namespace) -> int:
     reader = RowReader(table_input.batches())
     chunks = iter(lambda: reader.take(args.chunk_size), None)
 
-    parts = ChunkedOutput(output, manifest).open(restart=args.restart)
-    try:
-        return _embed_chunks(args, summary.n_rows, vectorizer, parts, chunks)
-    finally:
-        parts.close()
+    parts.manifest.update(manifest)
+    parts.open(restart=args.restart)
+    return _embed_chunks(args, summary.n_rows, vectorizer, parts, chunks)
 
 
 def _embed_chunks(args, n_rows, vectorizer, parts, chunks) -> int:
