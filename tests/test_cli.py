@@ -6,6 +6,8 @@ rows; the interruption tests run the command in a subprocess and kill it part wa
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
 import os
 import signal
@@ -450,23 +452,37 @@ def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch, capsys):
     assert 'pip install "sk-instructor[parquet]"' in capsys.readouterr().err
 
 
-# -- resuming (in process: an interruption simulated after a given number of chunks) -------------
+# -- resuming (in process: Ctrl-C simulated in a given call of the encoder) ----------------------
 
 
-def _interrupt_after(monkeypatch, n_chunks: int) -> list[int]:
-    """Make the run raise KeyboardInterrupt (as Ctrl-C would) once ``n_chunks`` are committed;
-    returns the list of chunk indices written, which keeps growing after the interruption."""
-    written: list[int] = []
+def _interrupt_in_call(monkeypatch, call: int) -> list[int]:
+    """Make the ``call``-th encoder call of the run raise KeyboardInterrupt (as Ctrl-C would
+    there: most of a run is spent encoding); returns the rows of each call, growing."""
+    rows: list[int] = []
+    original = InstructorVectorizer._transform
+
+    def transform(self, texts, **kwargs):
+        if len(rows) + 1 == call:
+            rows.append(0)
+            raise KeyboardInterrupt
+        rows.append(len(texts))
+        return original(self, texts, **kwargs)
+
+    monkeypatch.setattr(InstructorVectorizer, "_transform", transform)
+    return rows
+
+
+def _record_commits(monkeypatch, clock=None) -> list[tuple[int, int, float | None]]:
+    """Record (first row, rows, clock reading) of each chunk committed."""
+    commits: list[tuple[int, int, float | None]] = []
     original = ChunkedOutput.write_chunk
 
-    def write_chunk(self, index, *args, **kwargs):
-        if len(written) == n_chunks:
-            raise KeyboardInterrupt
-        original(self, index, *args, **kwargs)
-        written.append(index)
+    def write_chunk(self, first_row, vectors, **kwargs):
+        original(self, first_row, vectors, **kwargs)
+        commits.append((first_row, len(vectors), clock() if clock else None))
 
     monkeypatch.setattr(ChunkedOutput, "write_chunk", write_chunk)
-    return written
+    return commits
 
 
 def test_resume_computes_only_the_missing_chunks(tmp_path, tiny_t5_path, monkeypatch, capsys):
@@ -474,21 +490,98 @@ def test_resume_computes_only_the_missing_chunks(tmp_path, tiny_t5_path, monkeyp
     input_path = write_input(tmp_path / "rows.parquet", ids, texts)
     output = tmp_path / "vectors.parquet"
     args = [*embed_args(input_path, output, tiny_t5_path, "--id-column", "id"), "--chunk-size", "6"]
-    written = _interrupt_after(monkeypatch, 3)
+    _interrupt_in_call(monkeypatch, 4)
 
     assert main(args) == 130
     assert "3 chunk(s), 18 rows" in capsys.readouterr().err
     assert not output.exists()
-    written.clear()
     monkeypatch.undo()
-    written = _interrupt_after(monkeypatch, 10**9)
+    commits = _record_commits(monkeypatch)
 
     assert main(args) == 0
 
-    assert written == list(range(3, 9))  # 50 rows in chunks of 6: chunks 3..8 were left
+    # 50 rows in chunks of 6: the chunks from row 18 on were left.
+    assert [first_row for first_row, _, _ in commits] == [18, 24, 30, 36, 42, 48]
     assert "(18 resumed from an earlier run)" in capsys.readouterr().err
     got_ids, vectors = read_parquet_output(output)
     assert got_ids == ids
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
+
+
+def test_ctrl_c_keeps_the_rows_embedded_so_far_in_a_file_smaller_than_a_chunk(
+    tmp_path, tiny_t5_path, monkeypatch, capsys
+):
+    # Chunks were only committed every --chunk-size (8,192) rows: Ctrl-C kept nothing here.
+    ids, texts = make_rows(200)
+    input_path = write_input(tmp_path / "rows.parquet", ids, texts)
+    output = tmp_path / "vectors.parquet"
+    args = embed_args(input_path, output, tiny_t5_path, "--id-column", "id")
+    calls = _interrupt_in_call(monkeypatch, 2)
+
+    assert main(args) == 130
+
+    saved = calls[0]  # the rows of the first call, done when Ctrl-C came in the second
+    assert f"1 chunk(s), {saved} rows" in capsys.readouterr().err
+    monkeypatch.undo()
+    calls = _interrupt_in_call(monkeypatch, 0)
+    assert main(args) == 0
+    assert sum(calls) == 200 - saved  # the saved rows were not embedded again
+    got_ids, vectors = read_parquet_output(output)
+    assert got_ids == ids
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
+
+
+def test_chunks_are_committed_every_commit_seconds_whatever_the_chunk_size(
+    tmp_path, tiny_t5_path, monkeypatch
+):
+    # (the package's `main` attribute is the function, which hides the module of that name)
+    cli = importlib.import_module("sk_instructor._cli.main")
+    ids, texts = make_rows(300)
+    input_path = write_input(tmp_path / "rows.jsonl", ids, texts)
+    output = tmp_path / "vectors.parquet"
+    # A clock that only moves when the encoder works: 0.1 s per row.
+    now = [0.0]
+    monkeypatch.setattr(cli, "_clock", lambda: now[0])
+    original = InstructorVectorizer._transform
+
+    def transform(self, texts, **kwargs):
+        now[0] += 0.1 * len(texts)
+        return original(self, texts, **kwargs)
+
+    monkeypatch.setattr(InstructorVectorizer, "_transform", transform)
+    commits = _record_commits(monkeypatch, clock=lambda: now[0])
+    args = embed_args(input_path, output, tiny_t5_path, "--id-column", "id")
+
+    assert main([*args, "--commit-seconds", "5"]) == 0
+
+    # 30 s of work: a commit every 5 s at least and never much later, never a chunk of
+    # --chunk-size (8,192) rows; together the chunks hold every row once, in order.
+    times = [0.0] + [at for _, _, at in commits[:-1]]  # the last commit is the file's end
+    assert len(commits) >= 6
+    assert all(5 <= later - earlier <= 5 * 1.5 for earlier, later in itertools.pairwise(times))
+    first_rows = [first for first, _, _ in commits]
+    assert first_rows == [0, *itertools.accumulate(n for _, n, _ in commits[:-1])]
+    assert sum(n for _, n, _ in commits) == 300
+    got_ids, vectors = read_parquet_output(output)
+    assert got_ids == ids
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
+
+
+def test_resume_with_another_chunk_size_or_commit_interval_gives_the_same_output(
+    tmp_path, tiny_t5_path, monkeypatch
+):
+    ids, texts = make_rows(40)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "vectors.parquet"
+    args = embed_args(input_path, output, tiny_t5_path, "--id-column", "id")
+    _interrupt_in_call(monkeypatch, 3)
+    assert main([*args, "--chunk-size", "7"]) == 130
+    monkeypatch.undo()
+
+    assert main([*args, "--chunk-size", "5", "--commit-seconds", "0"]) == 0
+
+    got_ids, vectors = read_parquet_output(output)
+    assert got_ids == [str(i) for i in ids]
     np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
 
 
@@ -498,7 +591,7 @@ def test_resume_refuses_other_options_and_restart_discards(
     ids, texts = make_rows(30)
     input_path = write_input(tmp_path / "rows.csv", ids, texts)
     output = tmp_path / "vectors.npy"
-    _interrupt_after(monkeypatch, 2)
+    _interrupt_in_call(monkeypatch, 3)
     assert main([*embed_args(input_path, output, tiny_t5_path), "--chunk-size", "5"]) == 130
     monkeypatch.undo()
     other = "Represent the Medicine sentence: "
@@ -507,8 +600,8 @@ def test_resume_refuses_other_options_and_restart_discards(
 
     assert main(args) == 1
     assert "different instruction;" in capsys.readouterr().err
-    assert main([*embed_args(input_path, output, tiny_t5_path), "--chunk-size", "6"]) == 1
-    assert "different chunk size;" in capsys.readouterr().err
+    assert main([*embed_args(input_path, output, tiny_t5_path), "--no-normalize"]) == 1
+    assert "different normalize;" in capsys.readouterr().err
     assert len(ChunkedOutput(output, {}).completed_chunks()) == 2  # refused, and kept
 
     assert main([*args, "--restart"]) == 0
@@ -521,7 +614,7 @@ def test_resume_refuses_a_changed_input(tmp_path, tiny_t5_path, monkeypatch, cap
     input_path = write_input(tmp_path / "rows.csv", ids, texts)
     output = tmp_path / "vectors.npy"
     args = [*embed_args(input_path, output, tiny_t5_path), "--chunk-size", "5"]
-    _interrupt_after(monkeypatch, 2)
+    _interrupt_in_call(monkeypatch, 3)
     assert main(args) == 130
     monkeypatch.undo()
     capsys.readouterr()
@@ -631,13 +724,13 @@ def _wait_for_chunks(parts: Path, n_chunks: int, process: subprocess.Popen) -> N
 def _assert_only_complete_chunks(parts: Path, expected_vectors_: np.ndarray) -> int:
     """Every chunk file present is whole: readable, the right rows, the right vectors."""
     chunks = sorted(parts.glob("chunk-*.parquet"))
+    next_row = 0
     for path in chunks:
-        index = int(path.stem.split("-")[1])
-        table = pq.read_table(path)
-        rows = expected_vectors_[index * _SIGNAL_CHUNK : (index + 1) * _SIGNAL_CHUNK]
-        assert table.num_rows == len(rows)
+        first_row = int(path.stem.split("-")[1])  # chunk-<first row>.parquet
+        assert first_row == next_row  # no gap, no overlap
         _, vectors = read_parquet_output(path)
-        np.testing.assert_allclose(vectors, rows, rtol=0, atol=1e-6)
+        next_row = first_row + len(vectors)
+        np.testing.assert_allclose(vectors, expected_vectors_[first_row:next_row], atol=1e-6)
     return len(chunks)
 
 
@@ -648,7 +741,7 @@ def signal_run(tmp_path, tiny_t5_path):
     input_path = write_input(tmp_path / "rows.parquet", ids, texts)
     output = tmp_path / "vectors.parquet"
     args = embed_args(input_path, output, tiny_t5_path, "--id-column", "id")
-    args += ["--chunk-size", str(_SIGNAL_CHUNK), "--cache", "none"]
+    args += ["--cache", "none"]
     uninterrupted = tmp_path / "uninterrupted.parquet"
     uninterrupted_args = [str(uninterrupted) if a == str(output) else a for a in args]
     return {
@@ -662,8 +755,9 @@ def signal_run(tmp_path, tiny_t5_path):
     }
 
 
-def _assert_resumed_equals_uninterrupted(run: dict, cwd: Path) -> None:
-    resumed = _start_cli(run["args"], cwd)
+def _assert_resumed_equals_uninterrupted(run: dict, cwd: Path, options: list[str]) -> None:
+    """Resume with the default settings and ``options``; compare with a run of the defaults."""
+    resumed = _start_cli([*run["args"], *options], cwd)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "resumed from an earlier run" in err
@@ -677,10 +771,20 @@ def _assert_resumed_equals_uninterrupted(run: dict, cwd: Path) -> None:
     assert not run["parts"].exists()
 
 
+@pytest.mark.parametrize(
+    ("killed_with", "resumed_with"),
+    [
+        (["--chunk-size", str(_SIGNAL_CHUNK)], ["--chunk-size", str(_SIGNAL_CHUNK)]),
+        # A file far smaller than a chunk: the work is committed by time instead. Resumed with
+        # the default interval: chunks of other sizes follow on from those kept.
+        (["--commit-seconds", "0"], []),
+    ],
+    ids=["by rows", "by time"],
+)
 def test_sigkill_leaves_only_complete_chunks_and_resume_equals_uninterrupted_run(
-    tmp_path, signal_run
+    tmp_path, signal_run, killed_with, resumed_with
 ):
-    process = _start_cli(signal_run["args"], tmp_path)
+    process = _start_cli([*signal_run["args"], *killed_with], tmp_path)
     _wait_for_chunks(signal_run["parts"], 3, process)
 
     process.kill()
@@ -688,12 +792,13 @@ def test_sigkill_leaves_only_complete_chunks_and_resume_equals_uninterrupted_run
 
     assert not signal_run["output"].exists()
     n_chunks = _assert_only_complete_chunks(signal_run["parts"], signal_run["expected"])
-    assert 3 <= n_chunks < _SIGNAL_ROWS // _SIGNAL_CHUNK
-    _assert_resumed_equals_uninterrupted(signal_run, tmp_path)
+    assert n_chunks >= 3
+    _assert_resumed_equals_uninterrupted(signal_run, tmp_path, resumed_with)
 
 
 def test_ctrl_c_loses_no_completed_chunk_and_resume_equals_uninterrupted_run(tmp_path, signal_run):
-    process = _start_cli(signal_run["args"], tmp_path)
+    options = ["--chunk-size", str(_SIGNAL_CHUNK)]
+    process = _start_cli([*signal_run["args"], *options], tmp_path)
     _wait_for_chunks(signal_run["parts"], 3, process)
     before = _chunk_files(signal_run["parts"])
 
@@ -706,9 +811,9 @@ def test_ctrl_c_loses_no_completed_chunk_and_resume_equals_uninterrupted_run(tmp
     assert "Traceback" not in err
     after = _chunk_files(signal_run["parts"])
     assert all(after.get(name) == content for name, content in before.items())
-    assert not list(signal_run["parts"].glob(".*.tmp"))  # the chunk being written was dropped
+    assert not list(signal_run["parts"].glob(".*.tmp"))  # no half-written file is left
     _assert_only_complete_chunks(signal_run["parts"], signal_run["expected"])
-    _assert_resumed_equals_uninterrupted(signal_run, tmp_path)
+    _assert_resumed_equals_uninterrupted(signal_run, tmp_path, options)
 
 
 def test_two_runs_started_a_second_apart_on_one_output_leave_one_output_and_one_error(

@@ -1,16 +1,18 @@
 """The ``sk-instructor`` command line: embed a column of a file, resumably.
 
-``sk-instructor embed INPUT -o OUTPUT`` reads a CSV, Parquet or JSON Lines file in chunks,
-embeds each chunk with one fitted :class:`~sk_instructor.InstructorVectorizer` (the same
-engine as everything else) and commits it to ``OUTPUT.parts/`` (see
-:mod:`sk_instructor._chunked_output`). Interrupted runs continue where they stopped when the
-same command is run again. Problems are reported on one line, with the traceback only under
-``--verbose``.
+``sk-instructor embed INPUT -o OUTPUT`` checks the whole input file first
+(:mod:`~sk_instructor._cli.table_input`), then embeds its rows in pieces with one fitted
+:class:`~sk_instructor.InstructorVectorizer` (the same engine as everything else) and commits
+them to ``OUTPUT.parts/`` every ``--chunk-size`` rows or ``--commit-seconds``, whichever comes
+first (:mod:`~sk_instructor._cli.commits`, :mod:`~sk_instructor._cli.chunked_output`).
+Interrupted runs continue where they stopped when the same command is run again. Problems are
+reported on one line, with the traceback only under ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import signal
@@ -32,6 +34,7 @@ __all__ = ["build_parser", "main"]
 
 PROGRAM = "sk-instructor"
 DEFAULT_CHUNK_SIZE = 8192
+DEFAULT_COMMIT_SECONDS = 30.0
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
 EXIT_TERMINATED = 143  # ... and by SIGTERM
@@ -42,7 +45,8 @@ INSTRUCTOR instruction-following text embeddings for files.
 
 Embed one text column of a CSV, Parquet or JSON Lines file under a task instruction and write
 the vectors to Parquet or .npy, one row per input row, in input order. Work is committed in
-chunks: after a crash or Ctrl-C, run the same command again and it continues where it stopped.
+chunks (at least every 30 s): after a crash or Ctrl-C, run the same command again and it
+continues where it stopped.
 """
 
 _EMBED_EPILOG = """\
@@ -60,10 +64,15 @@ output:
   .npy      a float32 array of shape (rows, dimension); row i is input row i
 
 resuming:
-  Chunks are kept in OUTPUT.parts/ until the output is complete. Running the same command again
-  skips the finished chunks; a different input file or different options are refused (pass
-  --restart to discard the unfinished work).
+  The work done is committed to OUTPUT.parts/ every --chunk-size rows or --commit-seconds,
+  whichever comes first, and on Ctrl-C. Running the same command again continues after the
+  last committed row (--chunk-size and --commit-seconds may differ); a different input file or
+  options that change the vectors are refused (pass --restart to discard the unfinished work).
 """
+
+
+# Seconds for the commit interval; a module attribute so that tests can pass a fake clock.
+_clock = time.monotonic
 
 
 class _Terminated(Exception):
@@ -142,8 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=params.positive_int,
         default=DEFAULT_CHUNK_SIZE,
         metavar="ROWS",
-        help="rows committed at a time; at most this much work is lost to a crash "
-        "(default: %(default)s)",
+        help="commit the work done at least every ROWS rows (default: %(default)s)",
+    )
+    output.add_argument(
+        "--commit-seconds",
+        type=_non_negative_seconds,
+        default=DEFAULT_COMMIT_SECONDS,
+        metavar="SECONDS",
+        help="... and at least every SECONDS of work, so that an interrupt or a crash loses at "
+        "most about that much, whatever the size of the file (default: %(default)g)",
     )
     output.add_argument(
         "--overwrite", action="store_true", help="replace OUTPUT if it already exists"
@@ -160,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="show tracebacks and library warnings as is"
     )
     return parser
+
+
+def _non_negative_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +300,6 @@ def _embed_locked(args: argparse.Namespace, parts) -> int:
     engine = vectorizer._engine()
     manifest = {
         "input": input_signature(input_path),
-        "chunk_size": args.chunk_size,
         "columns": {"text": args.column, "id": args.id_column, "embedding": args.embedding_column},
         # Everything that changes a vector; batch size, device and cache do not.
         "settings": {
@@ -288,22 +313,28 @@ def _embed_locked(args: argparse.Namespace, parts) -> int:
         },
     }
 
-    reader = RowReader(table_input.batches())
-    chunks = iter(lambda: reader.take(args.chunk_size), None)
-
     parts.manifest.update(manifest)
     parts.open(restart=args.restart)
-    return _embed_chunks(args, summary.n_rows, vectorizer, parts, chunks)
+    return _embed_rows(args, summary.n_rows, vectorizer, parts, RowReader(table_input.batches()))
 
 
-def _embed_chunks(args, n_rows, vectorizer, parts, chunks) -> int:
-    done_before = parts.completed_chunks()
+def _embed_rows(args, n_rows, vectorizer, parts, reader) -> int:
+    from .commits import CommitSchedule, PendingChunk
+
+    first_row = parts.committed_rows()
+    _skip_rows(reader, first_row)
+    schedule = CommitSchedule(args.chunk_size, args.commit_seconds, clock=_clock)
+    pending = PendingChunk(first_row)
+
+    def commit() -> None:
+        pending.commit(parts, embedding_column=args.embedding_column, id_column=args.id_column)
+
     show = args.show_progress_bar
     if show is None:
         show = sys.stderr is not None and sys.stderr.isatty()
     bar = tqdm(
         total=n_rows,
-        initial=sum(done_before.values()),
+        initial=first_row,
         unit="rows",
         desc="Embedding",
         dynamic_ncols=True,
@@ -311,29 +342,25 @@ def _embed_chunks(args, n_rows, vectorizer, parts, chunks) -> int:
         file=sys.stderr,
     )
     started = time.perf_counter()
-    n_chunks = n_embedded = 0
     try:
         with bar:
-            for index, chunk in enumerate(chunks):
-                n_chunks = index + 1
-                if parts.has_chunk(index, chunk.num_rows):
-                    continue
+            while (piece := reader.take(schedule.piece_rows(pending.n_rows))) is not None:
                 position = bar.n
-                # The vectorizer would open a bar per chunk; the engine advances this one
-                # instead, so the rate is live within a chunk too.
-                vectors = vectorizer._transform(chunk.column(args.column).to_pylist(), progress=bar)
+                began = _clock()
+                # The vectorizer would open a bar per call; the engine advances this one.
+                vectors = vectorizer._transform(piece.column(args.column).to_pylist(), progress=bar)
+                schedule.piece_done(piece.num_rows, _clock() - began)
                 # Rows written as zero vectors (--missing zero) never pass through the engine.
-                bar.update(position + chunk.num_rows - bar.n)
-                ids = chunk.column(args.id_column) if args.id_column else None
-                parts.write_chunk(
-                    index,
-                    vectors,
-                    embedding_column=args.embedding_column,
-                    ids=ids,
-                    id_column=args.id_column,
-                )
-                n_embedded += chunk.num_rows
+                bar.update(position + piece.num_rows - bar.n)
+                pending.add(piece.column(args.id_column) if args.id_column else None, vectors)
+                if schedule.commit_due(pending.n_rows):
+                    commit()
+                    schedule.committed()
+            commit()
     except (KeyboardInterrupt, _Terminated) as stop:
+        # The pieces embedded since the last commit are whole: keep them. (A second Ctrl-C
+        # here stops at once; the chunk being written is then not kept, as always.)
+        commit()
         done = parts.completed_chunks()
         _error(
             f"{'interrupted' if isinstance(stop, KeyboardInterrupt) else 'terminated'}: "
@@ -341,22 +368,37 @@ def _embed_chunks(args, n_rows, vectorizer, parts, chunks) -> int:
             f"run the same command again to continue"
         )
         return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
+    except Exception:
+        # An error of the engine (out of memory, say) leaves the pending pieces as good.
+        with contextlib.suppress(Exception):
+            commit()
+        raise
 
-    n_rows = parts.assemble(
-        n_chunks=n_chunks,
+    n_written = parts.assemble(
+        n_rows=n_rows,
         embedding_column=args.embedding_column,
         column_per_dimension=args.column_per_dimension,
         metadata=_provenance(args, vectorizer),
     )
+    n_embedded = n_rows - first_row
     elapsed = time.perf_counter() - started
     rate = f", {n_embedded / elapsed:,.0f} rows/s" if n_embedded and elapsed > 0 else ""
-    resumed = f" ({n_rows - n_embedded} resumed from an earlier run)" if n_embedded < n_rows else ""
+    resumed = f" ({first_row} resumed from an earlier run)" if first_row else ""
     print(
-        f"{PROGRAM}: wrote {n_rows} vectors of dimension {vectorizer.embedding_dim_} to "
+        f"{PROGRAM}: wrote {n_written} vectors of dimension {vectorizer.embedding_dim_} to "
         f"{args.output}{resumed} in {elapsed:.1f} s{rate}",
         file=sys.stderr,
     )
     return 0
+
+
+def _skip_rows(reader, n_rows: int) -> None:
+    """Read past the first ``n_rows`` rows (those an earlier run committed)."""
+    while n_rows > 0:
+        table = reader.take(min(n_rows, 65536))
+        if table is None:  # the input signature matched, so this takes a change it missed
+            raise InputError("the input holds fewer rows than the work saved for it; --restart")
+        n_rows -= table.num_rows
 
 
 def _build_vectorizer(args: argparse.Namespace):
