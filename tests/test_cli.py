@@ -10,6 +10,7 @@ import importlib
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -188,8 +189,36 @@ def test_missing_policy_matches_the_vectorizer(tmp_path, tiny_t5_path, policy):
         assert not np.load(output)[[3, 17]].any()
 
 
-def test_progress_bar_reports_rows_per_second(tmp_path, tiny_t5_path, capsys):
-    ids, texts = make_rows(20)
+def _bar_states(err: str) -> list[str]:
+    """Each state of the bar drawn to a non-terminal stream (tqdm separates them with \\r)."""
+    return [state.strip() for state in re.split(r"[\r\n]+", err) if "Embedding" in state]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".tsv", ".jsonl"])
+def test_progress_bar_counts_the_rows_of_every_format_and_a_rate_in_characters(
+    tmp_path, tiny_t5_path, capsys, suffix
+):
+    ids, texts = make_rows(60)
+    input_path = write_input(tmp_path / f"rows{suffix}", ids, texts)
+    args = embed_args(input_path, tmp_path / "vectors.npy", tiny_t5_path)
+    args.remove("--no-progress")
+
+    assert main([*args, "--progress"]) == 0
+
+    states = _bar_states(capsys.readouterr().err)
+    assert "0/60 rows" in states[0]  # the total is known before the first row
+    assert "60/60 rows" in states[-1]
+    assert "100%" in states[-1]
+    # The rate and the time left are measured in characters of text: the engine encodes the
+    # longest texts first, so rows per second would start slow and mislead.
+    assert "chars/s" in states[-1]
+
+
+def test_progress_bar_final_line_is_printed_once(tmp_path, tiny_t5_path, capsys):
+    # A warning at the very end (the last text is truncated) redrew the finished bar before
+    # it was closed, which drew it again.
+    ids, texts = make_rows(60)
+    texts[-1] = " ".join(["word"] * 200)  # past the tiny model's 64 tokens
     input_path = write_input(tmp_path / "rows.parquet", ids, texts)
     args = embed_args(input_path, tmp_path / "vectors.npy", tiny_t5_path)
     args.remove("--no-progress")
@@ -197,8 +226,24 @@ def test_progress_bar_reports_rows_per_second(tmp_path, tiny_t5_path, capsys):
     assert main([*args, "--progress"]) == 0
 
     err = capsys.readouterr().err
-    assert "rows/s" in err
-    assert "20/20" in err
+    assert "were truncated" in err
+    assert len([state for state in _bar_states(err) if "100%" in state]) == 1
+
+
+def test_progress_advances_by_text_length_longest_first_as_the_engine_encodes():
+    from sk_instructor._cli.progress import Progress
+
+    # Four rows of 100, 1, 1 and 1 characters, under an instruction of 10.
+    progress = Progress(n_rows=4, total_work=103 + 4 * 10, show=False)
+    piece = progress.piece(np.array([1, 100, 1, 1]) + 10)
+
+    piece.update(1)  # the engine sorts by length: the first row done is the long one
+    assert (progress.rows_done, progress.work_done) == (1, 110)
+    piece.update(2)
+    assert (progress.rows_done, progress.work_done) == (3, 132)
+    piece.finish()  # e.g. a missing text written as a zero vector, never encoded
+    assert (progress.rows_done, progress.work_done) == (4, 143)
+    progress.close()
 
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path, tiny_t5_path, capsys):

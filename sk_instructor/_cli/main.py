@@ -23,8 +23,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from .. import __version__
 from .. import _params as params
 from .._instruction import DEFAULT_TEMPLATE
@@ -35,6 +33,7 @@ __all__ = ["build_parser", "main"]
 PROGRAM = "sk-instructor"
 DEFAULT_CHUNK_SIZE = 8192
 DEFAULT_COMMIT_SECONDS = 30.0
+_USUAL_MAX_SEQ_LENGTH = 512  # INSTRUCTOR's; the progress estimate needs it before the model loads
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
 EXIT_TERMINATED = 143  # ... and by SIGTERM
@@ -218,10 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     previous_handler = _raise_on_sigterm()
     try:
         with warnings.catch_warnings():
+            notices = None
             if not args.verbose:
                 warnings.simplefilter("always")
-                warnings.showwarning = _OncePerKindWarnings()
-            return _embed(args)
+                warnings.showwarning = notices = _OncePerKindWarnings()
+            return _embed(args, notices)
     except KeyboardInterrupt:
         # Outside the chunk loop (loading the model, assembling): nothing to report but that.
         _error("interrupted")
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _embed(args: argparse.Namespace) -> int:
+def _embed(args: argparse.Namespace, notices: _OncePerKindWarnings | None = None) -> int:
     # Files are read and written with pyarrow, an optional extra that --help does not need.
     try:
         import pyarrow  # noqa: F401
@@ -268,12 +268,12 @@ def _embed(args: argparse.Namespace) -> int:
     # runs on one output then never both go ahead (the second stops here, at once).
     parts = ChunkedOutput(output).lock()
     try:
-        return _embed_locked(args, parts)
+        return _embed_locked(args, parts, notices)
     finally:
         parts.close()
 
 
-def _embed_locked(args: argparse.Namespace, parts) -> int:
+def _embed_locked(args: argparse.Namespace, parts, notices) -> int:
     from .chunked_output import input_signature
     from .table_input import RowReader, open_table_input
 
@@ -286,7 +286,7 @@ def _embed_locked(args: argparse.Namespace, parts) -> int:
     )
     # The whole file is read once before the model loads: a malformed row, a value of another
     # type or a missing text half-way through must stop the run before any work, not during it.
-    summary = table_input.scan()
+    summary = table_input.scan(char_cap=_char_cap(args))
     if args.missing == "error" and summary.n_missing:
         rows = summary.missing_rows
         shown = ", ".join(map(str, rows)) + (" ..." if summary.n_missing > len(rows) else "")
@@ -315,14 +315,24 @@ def _embed_locked(args: argparse.Namespace, parts) -> int:
 
     parts.manifest.update(manifest)
     parts.open(restart=args.restart)
-    return _embed_rows(args, summary.n_rows, vectorizer, parts, RowReader(table_input.batches()))
+    reader = RowReader(table_input.batches())
+    return _embed_rows(args, summary, vectorizer, parts, reader, notices)
 
 
-def _embed_rows(args, n_rows, vectorizer, parts, reader) -> int:
+def _embed_rows(args, summary, vectorizer, parts, reader, notices) -> int:
     from .commits import CommitSchedule, PendingChunk
+    from .progress import Progress
+    from .table_input import text_lengths
+
+    n_rows = summary.n_rows
+    # The bar's unit of work: characters of each row's model input (see progress.py).
+    instruction_chars, cap = len(vectorizer.instruction_), _char_cap(args)
+
+    def weights(table):
+        return text_lengths(table.column(args.column), cap) + instruction_chars
 
     first_row = parts.committed_rows()
-    _skip_rows(reader, first_row)
+    work_done = _skip_rows(reader, first_row, weights)
     schedule = CommitSchedule(args.chunk_size, args.commit_seconds, clock=_clock)
     pending = PendingChunk(first_row)
 
@@ -332,26 +342,26 @@ def _embed_rows(args, n_rows, vectorizer, parts, reader) -> int:
     show = args.show_progress_bar
     if show is None:
         show = sys.stderr is not None and sys.stderr.isatty()
-    bar = tqdm(
-        total=n_rows,
-        initial=first_row,
-        unit="rows",
-        desc="Embedding",
-        dynamic_ncols=True,
-        disable=not show,
-        file=sys.stderr,
+    progress = Progress(
+        n_rows=n_rows,
+        total_work=summary.text_chars + n_rows * instruction_chars,
+        rows_done=first_row,
+        work_done=work_done,
+        show=show,
     )
+    if notices is not None:
+        notices.progress = progress
     started = time.perf_counter()
     try:
-        with bar:
+        with progress:
             while (piece := reader.take(schedule.piece_rows(pending.n_rows))) is not None:
-                position = bar.n
+                advance = progress.piece(weights(piece))
                 began = _clock()
                 # The vectorizer would open a bar per call; the engine advances this one.
-                vectors = vectorizer._transform(piece.column(args.column).to_pylist(), progress=bar)
+                texts = piece.column(args.column).to_pylist()
+                vectors = vectorizer._transform(texts, progress=advance)
                 schedule.piece_done(piece.num_rows, _clock() - began)
-                # Rows written as zero vectors (--missing zero) never pass through the engine.
-                bar.update(position + piece.num_rows - bar.n)
+                advance.finish()  # rows written as zero vectors never pass through the engine
                 pending.add(piece.column(args.id_column) if args.id_column else None, vectors)
                 if schedule.commit_due(pending.n_rows):
                     commit()
@@ -373,6 +383,9 @@ def _embed_rows(args, n_rows, vectorizer, parts, reader) -> int:
         with contextlib.suppress(Exception):
             commit()
         raise
+    finally:
+        if notices is not None:
+            notices.progress = None
 
     n_written = parts.assemble(
         n_rows=n_rows,
@@ -392,13 +405,23 @@ def _embed_rows(args, n_rows, vectorizer, parts, reader) -> int:
     return 0
 
 
-def _skip_rows(reader, n_rows: int) -> None:
-    """Read past the first ``n_rows`` rows (those an earlier run committed)."""
+def _char_cap(args: argparse.Namespace) -> int:
+    """Characters of a text counted as work: about what the model reads of it (a token is
+    rarely over 8 characters), so that a 20 MB text does not stall the bar's estimate."""
+    return 8 * (args.max_seq_length or _USUAL_MAX_SEQ_LENGTH)
+
+
+def _skip_rows(reader, n_rows: int, weights) -> int:
+    """Read past the first ``n_rows`` rows (those an earlier run committed); returns their
+    work."""
+    work = 0
     while n_rows > 0:
         table = reader.take(min(n_rows, 65536))
         if table is None:  # the input signature matched, so this takes a change it missed
             raise InputError("the input holds fewer rows than the work saved for it; --restart")
+        work += int(weights(table).sum())
         n_rows -= table.num_rows
+    return work
 
 
 def _build_vectorizer(args: argparse.Namespace):
@@ -445,12 +468,13 @@ def _error(message: str) -> None:
 class _OncePerKindWarnings:
     """Show library warnings as one ``sk-instructor: warning:`` line, each kind once.
 
-    The engine warns per call, so per chunk: a file of long texts would repeat "N of M texts
-    were truncated" for every chunk. Messages that differ only in their numbers are one kind.
+    The engine warns per call, so per piece of rows: a file of long texts would repeat "N of M
+    texts were truncated" for every piece. Messages that differ only in their numbers are one kind.
     """
 
     def __init__(self) -> None:
         self.seen: set[tuple[type, str]] = set()
+        self.progress: Any = None  # the bar, while one is shown
 
     def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
         text = " ".join(str(message).split())
@@ -458,10 +482,11 @@ class _OncePerKindWarnings:
         if kind in self.seen:
             return
         self.seen.add(kind)
-        tqdm.write(
-            f"{PROGRAM}: warning: {text} (further warnings like this are not shown)",
-            file=sys.stderr,
-        )
+        line = f"{PROGRAM}: warning: {text} (further warnings like this are not shown)"
+        if self.progress is not None:
+            self.progress.write(line)  # above the bar, which is then drawn again below
+        else:
+            print(line, file=sys.stderr)
 
 
 def _raise_on_sigterm() -> Any:
