@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--column", default="text", help="the column of texts to embed (default: %(default)s)"
     )
     columns.add_argument(
-        "--id-column", metavar="COLUMN", help="a column copied next to each vector (Parquet only)"
+        "--id-column",
+        metavar="COLUMN",
+        help="a column copied next to each vector (Parquet output only; CSV and TSV fields, ids "
+        "included, are text, kept exactly as written)",
     )
     columns.add_argument(
         "--input-format",
