@@ -6,8 +6,11 @@ rows; the interruption tests run the command in a subprocess and kill it part wa
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,7 +103,8 @@ def test_each_input_format_gives_in_process_vectors_with_ids_in_input_order(
 
     assert code == 0
     got_ids, vectors = read_parquet_output(output)
-    assert got_ids == ids
+    # CSV and TSV fields are text: ids come back exactly as written.
+    assert got_ids == ([str(i) for i in ids] if suffix in (".csv", ".tsv") else ids)
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
     assert not (tmp_path / "vectors.parquet.parts").exists()
@@ -185,8 +189,36 @@ def test_missing_policy_matches_the_vectorizer(tmp_path, tiny_t5_path, policy):
         assert not np.load(output)[[3, 17]].any()
 
 
-def test_progress_bar_reports_rows_per_second(tmp_path, tiny_t5_path, capsys):
-    ids, texts = make_rows(20)
+def _bar_states(err: str) -> list[str]:
+    """Each state of the bar drawn to a non-terminal stream (tqdm separates them with \\r)."""
+    return [state.strip() for state in re.split(r"[\r\n]+", err) if "Embedding" in state]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".tsv", ".jsonl"])
+def test_progress_bar_counts_the_rows_of_every_format_and_a_rate_in_characters(
+    tmp_path, tiny_t5_path, capsys, suffix
+):
+    ids, texts = make_rows(60)
+    input_path = write_input(tmp_path / f"rows{suffix}", ids, texts)
+    args = embed_args(input_path, tmp_path / "vectors.npy", tiny_t5_path)
+    args.remove("--no-progress")
+
+    assert main([*args, "--progress"]) == 0
+
+    states = _bar_states(capsys.readouterr().err)
+    assert "0/60 rows" in states[0]  # the total is known before the first row
+    assert "60/60 rows" in states[-1]
+    assert "100%" in states[-1]
+    # The rate and the time left are measured in characters of text: the engine encodes the
+    # longest texts first, so rows per second would start slow and mislead.
+    assert "chars/s" in states[-1]
+
+
+def test_progress_bar_final_line_is_printed_once(tmp_path, tiny_t5_path, capsys):
+    # A warning at the very end (the last text is truncated) redrew the finished bar before
+    # it was closed, which drew it again.
+    ids, texts = make_rows(60)
+    texts[-1] = " ".join(["word"] * 200)  # past the tiny model's 64 tokens
     input_path = write_input(tmp_path / "rows.parquet", ids, texts)
     args = embed_args(input_path, tmp_path / "vectors.npy", tiny_t5_path)
     args.remove("--no-progress")
@@ -194,8 +226,24 @@ def test_progress_bar_reports_rows_per_second(tmp_path, tiny_t5_path, capsys):
     assert main([*args, "--progress"]) == 0
 
     err = capsys.readouterr().err
-    assert "rows/s" in err
-    assert "20/20" in err
+    assert "were truncated" in err
+    assert len([state for state in _bar_states(err) if "100%" in state]) == 1
+
+
+def test_progress_advances_by_text_length_longest_first_as_the_engine_encodes():
+    from sk_instructor._cli.progress import Progress
+
+    # Four rows of 100, 1, 1 and 1 characters, under an instruction of 10.
+    progress = Progress(n_rows=4, total_work=103 + 4 * 10, show=False)
+    piece = progress.piece(np.array([1, 100, 1, 1]) + 10)
+
+    piece.update(1)  # the engine sorts by length: the first row done is the long one
+    assert (progress.rows_done, progress.work_done) == (1, 110)
+    piece.update(2)
+    assert (progress.rows_done, progress.work_done) == (3, 132)
+    piece.finish()  # e.g. a missing text written as a zero vector, never encoded
+    assert (progress.rows_done, progress.work_done) == (4, 143)
+    progress.close()
 
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path, tiny_t5_path, capsys):
@@ -256,7 +304,30 @@ def _bad_input(tmp_path: Path, case: str) -> tuple[Path, list[str], str]:
     if case == "malformed csv row":
         path = tmp_path / "rows.csv"
         path.write_text("id,text\n1,fine\n2,too,many,fields\n")
-        return path, [], "could not read"
+        return path, [], "line 3"
+    if case == "short csv row":
+        path = tmp_path / "rows.tsv"
+        path.write_text("id\ttext\n1\tfine\n2\n3\tmore\n")
+        return path, [], "line 3"
+    if case == "unterminated csv quote":
+        # pyarrow read this as 2 rows: the quote swallowed the rest of the file.
+        path = tmp_path / "rows.csv"
+        path.write_text('id,text\n1,fine\n2,"unterminated\n3,more\n4,x\n')
+        return path, [], "line 3"
+    if case == "text after a closing quote":
+        path = tmp_path / "rows.csv"
+        path.write_text('id,text\n1,fine\n2,"closed" and more\n3,x\n')
+        return path, [], "line 3"
+    if case == "csv not utf-8":
+        path = tmp_path / "rows.csv"
+        path.write_bytes(b"id,text\n1,fine\n2,caf\xe9\n3,x\n")
+        return path, [], "line 3"
+    if case == "invalid json line":
+        path = tmp_path / "rows.jsonl"
+        path.write_text('{"id": 1, "text": "a"}\n{"id": 2, "text": "b"\n{"id": 3, "text": "c"}\n')
+        return path, [], "line 2"
+    if case == "jsonl id changes type after 4 MiB":
+        return _jsonl_id_changing_type(tmp_path), ["--id-column", "id"], "line 4501"
     if case == "empty file":
         path = tmp_path / "rows.jsonl"
         path.write_text("")
@@ -277,11 +348,27 @@ def _bad_input(tmp_path: Path, case: str) -> tuple[Path, list[str], str]:
     raise AssertionError(case)
 
 
+def _jsonl_id_changing_type(tmp_path: Path) -> Path:
+    """4,500 rows (over 4 MiB, the reader's block) with integer ids, then one with a text id."""
+    path = tmp_path / "rows.jsonl"
+    with open(path, "w") as handle:
+        for row in range(4500):
+            handle.write(json.dumps({"id": row, "text": "same text", "notes": "n" * 1000}) + "\n")
+        handle.write(json.dumps({"id": "A-1", "text": "same text", "notes": ""}) + "\n")
+    return path
+
+
 BAD_INPUTS = [
     "missing column",
     "missing id column",
     "unreadable parquet",
     "malformed csv row",
+    "short csv row",
+    "unterminated csv quote",
+    "text after a closing quote",
+    "csv not utf-8",
+    "invalid json line",
+    "jsonl id changes type after 4 MiB",
     "empty file",
     "header only",
     "no rows parquet",
@@ -319,6 +406,88 @@ def test_verbose_adds_the_traceback(tmp_path, tiny_t5_path, capsys, case):
     assert "Traceback (most recent call last)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "case", ["unterminated csv quote", "csv not utf-8", "jsonl id changes type after 4 MiB"]
+)
+def test_a_malformed_file_is_refused_before_the_model_loads(tmp_path, capsys, case):
+    # No model at this path: the error must be the input's, found before any model is loaded.
+    input_path, extra, expected = _bad_input(tmp_path, case)
+
+    output = tmp_path / "v.parquet"
+    code = main([*embed_args(input_path, output, tmp_path / "no-model"), *extra])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert expected in err
+    assert "no-model" not in err
+
+
+def test_a_20_mb_csv_field_is_read_whole(tmp_path):
+    from sk_instructor._cli.table_input import RowReader, open_table_input
+
+    big = "word " * 4_000_000
+    path = tmp_path / "rows.csv"
+    path.write_text(f'id,text\n1,short\n2,"{big}"\n3,after\n')
+
+    table_input = open_table_input(path, column="text", id_column="id")
+    summary = table_input.scan()
+    table = RowReader(table_input.batches()).take(10)
+
+    assert summary.n_rows == 3
+    assert table.column("text").to_pylist() == ["short", big, "after"]
+    assert table.column("id").to_pylist() == ["1", "2", "3"]
+
+
+def test_a_20_mb_csv_field_in_another_column_does_not_stop_the_run(tmp_path, tiny_t5_path):
+    # pyarrow's reader failed on it ("straddling object ... block size") whatever its column.
+    path = tmp_path / "rows.csv"
+    path.write_text(f'id,notes,text\n1,,first\n2,"{"n" * 20_000_000}",second\n3,,third\n')
+    output = tmp_path / "vectors.parquet"
+
+    assert main(embed_args(path, output, tiny_t5_path, "--id-column", "id")) == 0
+
+    ids, vectors = read_parquet_output(output)
+    assert ids == ["1", "2", "3"]
+    expected = expected_vectors(tiny_t5_path, ["first", "second", "third"])
+    np.testing.assert_allclose(vectors, expected, rtol=0, atol=1e-6)
+
+
+def test_csv_ids_are_kept_as_written_even_when_their_look_changes_after_4_mib(
+    tmp_path, tiny_t5_path
+):
+    # pyarrow guessed int64 from the first 4 MiB and stopped the run at the first "A-1".
+    path = tmp_path / "rows.csv"
+    with open(path, "w") as handle:
+        handle.write("id,text,notes\n")
+        for row in range(4500):
+            handle.write(f"{row},same text,{'n' * 1000}\n")
+        handle.write("A-1,same text,\n007,other text,\n,no id,\n")
+    output = tmp_path / "vectors.parquet"
+
+    assert main(embed_args(path, output, tiny_t5_path, "--id-column", "id")) == 0
+
+    ids, vectors = read_parquet_output(output)
+    assert ids == [str(row) for row in range(4500)] + ["A-1", "007", ""]
+    expected = expected_vectors(tiny_t5_path, ["same text", "other text", "no id"])
+    np.testing.assert_allclose(vectors[-3:], expected, rtol=0, atol=1e-6)
+
+
+def test_csv_quoted_newlines_quotes_blank_lines_and_a_bom_are_read_as_written(
+    tmp_path, tiny_t5_path
+):
+    path = tmp_path / "rows.csv"
+    content = 'id,text\r\n1,"two\r\nlines"\r\n\r\n2,"say ""hi"""\r\n3,""\r\n4,plain "quote"\r\n'
+    path.write_bytes(b"\xef\xbb\xbf" + content.encode())
+    output = tmp_path / "vectors.parquet"
+
+    assert main(embed_args(path, output, tiny_t5_path, "--id-column", "id")) == 0
+
+    ids, vectors = read_parquet_output(output)
+    texts = ["two\r\nlines", 'say "hi"', "", 'plain "quote"']
+    assert ids == ["1", "2", "3", "4"]
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
+
+
 def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
 
@@ -328,23 +497,37 @@ def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch, capsys):
     assert 'pip install "sk-instructor[parquet]"' in capsys.readouterr().err
 
 
-# -- resuming (in process: an interruption simulated after a given number of chunks) -------------
+# -- resuming (in process: Ctrl-C simulated in a given call of the encoder) ----------------------
 
 
-def _interrupt_after(monkeypatch, n_chunks: int) -> list[int]:
-    """Make the run raise KeyboardInterrupt (as Ctrl-C would) once ``n_chunks`` are committed;
-    returns the list of chunk indices written, which keeps growing after the interruption."""
-    written: list[int] = []
+def _interrupt_in_call(monkeypatch, call: int) -> list[int]:
+    """Make the ``call``-th encoder call of the run raise KeyboardInterrupt (as Ctrl-C would
+    there: most of a run is spent encoding); returns the rows of each call, growing."""
+    rows: list[int] = []
+    original = InstructorVectorizer._transform
+
+    def transform(self, texts, **kwargs):
+        if len(rows) + 1 == call:
+            rows.append(0)
+            raise KeyboardInterrupt
+        rows.append(len(texts))
+        return original(self, texts, **kwargs)
+
+    monkeypatch.setattr(InstructorVectorizer, "_transform", transform)
+    return rows
+
+
+def _record_commits(monkeypatch, clock=None) -> list[tuple[int, int, float | None]]:
+    """Record (first row, rows, clock reading) of each chunk committed."""
+    commits: list[tuple[int, int, float | None]] = []
     original = ChunkedOutput.write_chunk
 
-    def write_chunk(self, index, *args, **kwargs):
-        if len(written) == n_chunks:
-            raise KeyboardInterrupt
-        original(self, index, *args, **kwargs)
-        written.append(index)
+    def write_chunk(self, first_row, vectors, **kwargs):
+        original(self, first_row, vectors, **kwargs)
+        commits.append((first_row, len(vectors), clock() if clock else None))
 
     monkeypatch.setattr(ChunkedOutput, "write_chunk", write_chunk)
-    return written
+    return commits
 
 
 def test_resume_computes_only_the_missing_chunks(tmp_path, tiny_t5_path, monkeypatch, capsys):
@@ -352,21 +535,98 @@ def test_resume_computes_only_the_missing_chunks(tmp_path, tiny_t5_path, monkeyp
     input_path = write_input(tmp_path / "rows.parquet", ids, texts)
     output = tmp_path / "vectors.parquet"
     args = [*embed_args(input_path, output, tiny_t5_path, "--id-column", "id"), "--chunk-size", "6"]
-    written = _interrupt_after(monkeypatch, 3)
+    _interrupt_in_call(monkeypatch, 4)
 
     assert main(args) == 130
     assert "3 chunk(s), 18 rows" in capsys.readouterr().err
     assert not output.exists()
-    written.clear()
     monkeypatch.undo()
-    written = _interrupt_after(monkeypatch, 10**9)
+    commits = _record_commits(monkeypatch)
 
     assert main(args) == 0
 
-    assert written == list(range(3, 9))  # 50 rows in chunks of 6: chunks 3..8 were left
+    # 50 rows in chunks of 6: the chunks from row 18 on were left.
+    assert [first_row for first_row, _, _ in commits] == [18, 24, 30, 36, 42, 48]
     assert "(18 resumed from an earlier run)" in capsys.readouterr().err
     got_ids, vectors = read_parquet_output(output)
     assert got_ids == ids
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
+
+
+def test_ctrl_c_keeps_the_rows_embedded_so_far_in_a_file_smaller_than_a_chunk(
+    tmp_path, tiny_t5_path, monkeypatch, capsys
+):
+    # Chunks were only committed every --chunk-size (8,192) rows: Ctrl-C kept nothing here.
+    ids, texts = make_rows(200)
+    input_path = write_input(tmp_path / "rows.parquet", ids, texts)
+    output = tmp_path / "vectors.parquet"
+    args = embed_args(input_path, output, tiny_t5_path, "--id-column", "id")
+    calls = _interrupt_in_call(monkeypatch, 2)
+
+    assert main(args) == 130
+
+    saved = calls[0]  # the rows of the first call, done when Ctrl-C came in the second
+    assert f"1 chunk(s), {saved} rows" in capsys.readouterr().err
+    monkeypatch.undo()
+    calls = _interrupt_in_call(monkeypatch, 0)
+    assert main(args) == 0
+    assert sum(calls) == 200 - saved  # the saved rows were not embedded again
+    got_ids, vectors = read_parquet_output(output)
+    assert got_ids == ids
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
+
+
+def test_chunks_are_committed_every_commit_seconds_whatever_the_chunk_size(
+    tmp_path, tiny_t5_path, monkeypatch
+):
+    # (the package's `main` attribute is the function, which hides the module of that name)
+    cli = importlib.import_module("sk_instructor._cli.main")
+    ids, texts = make_rows(300)
+    input_path = write_input(tmp_path / "rows.jsonl", ids, texts)
+    output = tmp_path / "vectors.parquet"
+    # A clock that only moves when the encoder works: 0.1 s per row.
+    now = [0.0]
+    monkeypatch.setattr(cli, "_clock", lambda: now[0])
+    original = InstructorVectorizer._transform
+
+    def transform(self, texts, **kwargs):
+        now[0] += 0.1 * len(texts)
+        return original(self, texts, **kwargs)
+
+    monkeypatch.setattr(InstructorVectorizer, "_transform", transform)
+    commits = _record_commits(monkeypatch, clock=lambda: now[0])
+    args = embed_args(input_path, output, tiny_t5_path, "--id-column", "id")
+
+    assert main([*args, "--commit-seconds", "5"]) == 0
+
+    # 30 s of work: a commit every 5 s at least and never much later, never a chunk of
+    # --chunk-size (8,192) rows; together the chunks hold every row once, in order.
+    times = [0.0] + [at for _, _, at in commits[:-1]]  # the last commit is the file's end
+    assert len(commits) >= 6
+    assert all(5 <= later - earlier <= 5 * 1.5 for earlier, later in itertools.pairwise(times))
+    first_rows = [first for first, _, _ in commits]
+    assert first_rows == [0, *itertools.accumulate(n for _, n, _ in commits[:-1])]
+    assert sum(n for _, n, _ in commits) == 300
+    got_ids, vectors = read_parquet_output(output)
+    assert got_ids == ids
+    np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
+
+
+def test_resume_with_another_chunk_size_or_commit_interval_gives_the_same_output(
+    tmp_path, tiny_t5_path, monkeypatch
+):
+    ids, texts = make_rows(40)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "vectors.parquet"
+    args = embed_args(input_path, output, tiny_t5_path, "--id-column", "id")
+    _interrupt_in_call(monkeypatch, 3)
+    assert main([*args, "--chunk-size", "7"]) == 130
+    monkeypatch.undo()
+
+    assert main([*args, "--chunk-size", "5", "--commit-seconds", "0"]) == 0
+
+    got_ids, vectors = read_parquet_output(output)
+    assert got_ids == [str(i) for i in ids]
     np.testing.assert_allclose(vectors, expected_vectors(tiny_t5_path, texts), rtol=0, atol=1e-6)
 
 
@@ -376,7 +636,7 @@ def test_resume_refuses_other_options_and_restart_discards(
     ids, texts = make_rows(30)
     input_path = write_input(tmp_path / "rows.csv", ids, texts)
     output = tmp_path / "vectors.npy"
-    _interrupt_after(monkeypatch, 2)
+    _interrupt_in_call(monkeypatch, 3)
     assert main([*embed_args(input_path, output, tiny_t5_path), "--chunk-size", "5"]) == 130
     monkeypatch.undo()
     other = "Represent the Medicine sentence: "
@@ -385,8 +645,8 @@ def test_resume_refuses_other_options_and_restart_discards(
 
     assert main(args) == 1
     assert "different instruction;" in capsys.readouterr().err
-    assert main([*embed_args(input_path, output, tiny_t5_path), "--chunk-size", "6"]) == 1
-    assert "different chunk size;" in capsys.readouterr().err
+    assert main([*embed_args(input_path, output, tiny_t5_path), "--no-normalize"]) == 1
+    assert "different normalize;" in capsys.readouterr().err
     assert len(ChunkedOutput(output, {}).completed_chunks()) == 2  # refused, and kept
 
     assert main([*args, "--restart"]) == 0
@@ -399,7 +659,7 @@ def test_resume_refuses_a_changed_input(tmp_path, tiny_t5_path, monkeypatch, cap
     input_path = write_input(tmp_path / "rows.csv", ids, texts)
     output = tmp_path / "vectors.npy"
     args = [*embed_args(input_path, output, tiny_t5_path), "--chunk-size", "5"]
-    _interrupt_after(monkeypatch, 2)
+    _interrupt_in_call(monkeypatch, 3)
     assert main(args) == 130
     monkeypatch.undo()
     capsys.readouterr()
@@ -429,7 +689,38 @@ def test_a_second_run_on_the_same_output_is_refused_while_one_runs(tmp_path, tin
     assert main(embed_args(input_path, output, tiny_t5_path)) == 0
 
 
-# -- resuming after real signals (subprocess) ------------------------------------------------------
+def test_a_run_refused_by_the_lock_is_refused_before_the_model_loads(tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    ids, texts = make_rows(10)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "vectors.npy"
+    parts = tmp_path / "vectors.npy.parts"
+    parts.mkdir()
+    with open(parts / ".lock", "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+        # No model at this path: only a refusal that comes before loading it names the lock.
+        code = main(embed_args(input_path, output, tmp_path / "no-model"))
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "another sk-instructor run" in err
+    assert "no-model" not in err
+
+
+def test_an_input_error_leaves_no_work_folder_and_releases_the_lock(tmp_path, tiny_t5_path):
+    path = tmp_path / "rows.csv"
+    path.write_text('id,text\n1,"never closed\n')
+    output = tmp_path / "vectors.npy"
+
+    assert main(embed_args(path, output, tiny_t5_path)) == 1
+    assert not (tmp_path / "vectors.npy.parts").exists()
+
+    write_input(path, *make_rows(5))
+    assert main(embed_args(path, output, tiny_t5_path)) == 0
+
+
+# -- runs in subprocesses: two at once, real signals -----------------------------------------------
 
 # Rows and chunk size for the subprocess tests: enough chunks that the run cannot finish between
 # two polls of the work folder (each chunk costs milliseconds: an encoder call, a synced write).
@@ -478,13 +769,13 @@ def _wait_for_chunks(parts: Path, n_chunks: int, process: subprocess.Popen) -> N
 def _assert_only_complete_chunks(parts: Path, expected_vectors_: np.ndarray) -> int:
     """Every chunk file present is whole: readable, the right rows, the right vectors."""
     chunks = sorted(parts.glob("chunk-*.parquet"))
+    next_row = 0
     for path in chunks:
-        index = int(path.stem.split("-")[1])
-        table = pq.read_table(path)
-        rows = expected_vectors_[index * _SIGNAL_CHUNK : (index + 1) * _SIGNAL_CHUNK]
-        assert table.num_rows == len(rows)
+        first_row = int(path.stem.split("-")[1])  # chunk-<first row>.parquet
+        assert first_row == next_row  # no gap, no overlap
         _, vectors = read_parquet_output(path)
-        np.testing.assert_allclose(vectors, rows, rtol=0, atol=1e-6)
+        next_row = first_row + len(vectors)
+        np.testing.assert_allclose(vectors, expected_vectors_[first_row:next_row], atol=1e-6)
     return len(chunks)
 
 
@@ -495,7 +786,7 @@ def signal_run(tmp_path, tiny_t5_path):
     input_path = write_input(tmp_path / "rows.parquet", ids, texts)
     output = tmp_path / "vectors.parquet"
     args = embed_args(input_path, output, tiny_t5_path, "--id-column", "id")
-    args += ["--chunk-size", str(_SIGNAL_CHUNK), "--cache", "none"]
+    args += ["--cache", "none"]
     uninterrupted = tmp_path / "uninterrupted.parquet"
     uninterrupted_args = [str(uninterrupted) if a == str(output) else a for a in args]
     return {
@@ -509,8 +800,9 @@ def signal_run(tmp_path, tiny_t5_path):
     }
 
 
-def _assert_resumed_equals_uninterrupted(run: dict, cwd: Path) -> None:
-    resumed = _start_cli(run["args"], cwd)
+def _assert_resumed_equals_uninterrupted(run: dict, cwd: Path, options: list[str]) -> None:
+    """Resume with the default settings and ``options``; compare with a run of the defaults."""
+    resumed = _start_cli([*run["args"], *options], cwd)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "resumed from an earlier run" in err
@@ -524,10 +816,20 @@ def _assert_resumed_equals_uninterrupted(run: dict, cwd: Path) -> None:
     assert not run["parts"].exists()
 
 
+@pytest.mark.parametrize(
+    ("killed_with", "resumed_with"),
+    [
+        (["--chunk-size", str(_SIGNAL_CHUNK)], ["--chunk-size", str(_SIGNAL_CHUNK)]),
+        # A file far smaller than a chunk: the work is committed by time instead. Resumed with
+        # the default interval: chunks of other sizes follow on from those kept.
+        (["--commit-seconds", "0"], []),
+    ],
+    ids=["by rows", "by time"],
+)
 def test_sigkill_leaves_only_complete_chunks_and_resume_equals_uninterrupted_run(
-    tmp_path, signal_run
+    tmp_path, signal_run, killed_with, resumed_with
 ):
-    process = _start_cli(signal_run["args"], tmp_path)
+    process = _start_cli([*signal_run["args"], *killed_with], tmp_path)
     _wait_for_chunks(signal_run["parts"], 3, process)
 
     process.kill()
@@ -535,12 +837,13 @@ def test_sigkill_leaves_only_complete_chunks_and_resume_equals_uninterrupted_run
 
     assert not signal_run["output"].exists()
     n_chunks = _assert_only_complete_chunks(signal_run["parts"], signal_run["expected"])
-    assert 3 <= n_chunks < _SIGNAL_ROWS // _SIGNAL_CHUNK
-    _assert_resumed_equals_uninterrupted(signal_run, tmp_path)
+    assert n_chunks >= 3
+    _assert_resumed_equals_uninterrupted(signal_run, tmp_path, resumed_with)
 
 
 def test_ctrl_c_loses_no_completed_chunk_and_resume_equals_uninterrupted_run(tmp_path, signal_run):
-    process = _start_cli(signal_run["args"], tmp_path)
+    options = ["--chunk-size", str(_SIGNAL_CHUNK)]
+    process = _start_cli([*signal_run["args"], *options], tmp_path)
     _wait_for_chunks(signal_run["parts"], 3, process)
     before = _chunk_files(signal_run["parts"])
 
@@ -553,6 +856,36 @@ def test_ctrl_c_loses_no_completed_chunk_and_resume_equals_uninterrupted_run(tmp
     assert "Traceback" not in err
     after = _chunk_files(signal_run["parts"])
     assert all(after.get(name) == content for name, content in before.items())
-    assert not list(signal_run["parts"].glob(".*.tmp"))  # the chunk being written was dropped
+    assert not list(signal_run["parts"].glob(".*.tmp"))  # no half-written file is left
     _assert_only_complete_chunks(signal_run["parts"], signal_run["expected"])
-    _assert_resumed_equals_uninterrupted(signal_run, tmp_path)
+    _assert_resumed_equals_uninterrupted(signal_run, tmp_path, options)
+
+
+def test_two_runs_started_a_second_apart_on_one_output_leave_one_output_and_one_error(
+    tmp_path, tiny_t5_path
+):
+    # Both used to exit 0, the second replacing the first: the existence check ran before the
+    # model loaded and the lock only after it.
+    ids, texts = make_rows(40)
+    input_path = write_input(tmp_path / "rows.csv", ids, texts)
+    output = tmp_path / "vectors.npy"
+    args = [*embed_args(input_path, output, tiny_t5_path), "--cache", "none"]
+
+    first = _start_cli(args, tmp_path)
+    time.sleep(1)
+    second = _start_cli(args, tmp_path)
+    errors = {}
+    for name, process in (("first", first), ("second", second)):
+        _, errors[name] = process.communicate(timeout=300)
+
+    # Normally the first succeeds; if the second overtook it while the first was starting, the
+    # roles swap: either way one run writes the output and the other stops with a clear error.
+    codes = {"first": first.returncode, "second": second.returncode}
+    assert sorted(codes.values()) == [0, 1], errors
+    loser = min(codes, key=lambda name: -codes[name])
+    assert (
+        "another sk-instructor run is writing" in errors[loser]
+        or "already exists; pass --overwrite" in errors[loser]
+    ), errors[loser]
+    np.testing.assert_allclose(np.load(output), expected_vectors(tiny_t5_path, texts), atol=1e-6)
+    assert not (tmp_path / "vectors.npy.parts").exists()

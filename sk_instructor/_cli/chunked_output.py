@@ -1,20 +1,23 @@
 """Crash-safe, resumable output for the command line.
 
-Vectors are written in chunks of a fixed number of input rows to a work folder next to the
-output, ``OUTPUT.parts/``::
+Vectors are written in chunks of consecutive input rows to a work folder next to the output,
+``OUTPUT.parts/``; a chunk is named by its first row, and holds as many rows as were done when
+it was committed (the command line commits every ``--chunk-size`` rows or ``--commit-seconds``,
+whichever comes first)::
 
     OUTPUT.parts/
-        manifest.json          what is being computed: input identity and vector settings
-        chunk-000000.parquet   input rows [0, chunk_size): ids and vectors
-        chunk-000001.parquet   input rows [chunk_size, 2 * chunk_size)
-        .lock                  held while a run writes here
+        manifest.json                what is being computed: input identity and vector settings
+        chunk-000000000000.parquet   input rows [0, n0): ids and vectors
+        chunk-000000000640.parquet   input rows [640, 640 + n1), where n0 = 640
+        .lock                        held while a run works here
 
 Every file is written under a temporary name, flushed to disk and renamed into place
 (``os.replace`` is atomic), so a chunk file either exists whole or not at all, whatever
 kills the process (Ctrl-C, SIGKILL, power loss). A later run with the same input and settings
-skips the chunks present and computes the rest; a run with another input or other settings
-refuses instead of mixing vectors. Once every chunk exists they are assembled into the final
-file (again renamed into place) and the work folder is removed.
+keeps the chunks that follow each other from row 0 (:meth:`ChunkedOutput.committed_rows`) and
+computes the rest, with any chunk size; a run with another input or other settings refuses
+instead of mixing vectors. Once every row is in a chunk they are assembled into the final file
+(again renamed into place) and the work folder is removed.
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ from .errors import OutputError
 __all__ = ["MANIFEST_VERSION", "ChunkedOutput", "input_signature"]
 
 # Bump when the layout of the work folder changes, so that old folders are refused clearly.
-MANIFEST_VERSION = 1
+# 2: chunks named by their first row, of any size (1: by their index, of --chunk-size rows).
+MANIFEST_VERSION = 2
 _IDENTITY_HEAD_BYTES = 2**20
-_CHUNK_NAME = re.compile(r"chunk-(\d{6,})\.parquet")
+_CHUNK_NAME = re.compile(r"chunk-(\d{12,})\.parquet")
 
 
 def input_signature(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -76,9 +80,8 @@ class ChunkedOutput:
     output : path-like
         The final file, ``.parquet`` or ``.npy``; the work folder is ``OUTPUT.parts``.
     manifest : dict
-        JSON-serializable description of what is computed (input identity, chunk size,
-        everything that changes a vector). A run resumes only the work of a run with an
-        equal manifest.
+        JSON-serializable description of what is computed (input identity, everything that
+        changes a vector). A run resumes only the work of a run with an equal manifest.
 
     Examples
     --------
@@ -86,24 +89,68 @@ class ChunkedOutput:
     >>> import numpy as np
     >>> from sk_instructor._cli.chunked_output import ChunkedOutput
     >>> output = pathlib.Path(tempfile.mkdtemp()) / "vectors.npy"
-    >>> with ChunkedOutput(output, {"chunk_size": 2}) as parts:
-    ...     for index, rows in enumerate([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8]]]):
-    ...         parts.write_chunk(index, np.asarray(rows, dtype=np.float32))
-    ...     parts.assemble(n_chunks=2, embedding_column="embedding")
-    3
+    >>> with ChunkedOutput(output, {"settings": "..."}) as parts:
+    ...     parts.write_chunk(0, np.asarray([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32))
+    ...     parts.write_chunk(2, np.asarray([[0.6, 0.8]], dtype=np.float32))
+    ...     parts.committed_rows(), parts.assemble(n_rows=3, embedding_column="embedding")
+    (3, 3)
     >>> np.load(output).shape
     (3, 2)
     """
 
-    def __init__(self, output: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, output: str | os.PathLike[str], manifest: dict[str, Any] | None = None
+    ) -> None:
         self.output = Path(output)
         self.parts = self.output.with_name(self.output.name + ".parts")
-        self.manifest = {"manifest_version": MANIFEST_VERSION, **manifest}
+        self.manifest = {"manifest_version": MANIFEST_VERSION, **(manifest or {})}
         self._lock_handle: Any = None
 
     # -- opening: lock, check or write the manifest ------------------------------------------
+    def lock(self) -> ChunkedOutput:
+        """Take the work folder's lock (creating the folder), or fail at once.
+
+        The command line takes it before anything slow, and checks whether the output exists
+        while holding it: two runs on one output then never both go ahead.
+
+        Raises
+        ------
+        OutputError
+            Another run holds the lock.
+        """
+        if self._lock_handle is not None:
+            return self
+        lock_path = self.parts / ".lock"
+        for _ in range(100):
+            self.parts.mkdir(exist_ok=True)
+            try:
+                handle = open(lock_path, "a+b")
+            except FileNotFoundError:  # the run that held it removed the folder just now
+                continue
+            if fcntl is not None:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    handle.close()
+                    raise OutputError(
+                        f"another sk-instructor run is writing {self.output} (it holds "
+                        f"{lock_path}); wait for it to finish"
+                    ) from None
+            # A run that finishes removes the folder, lock file included: a lock taken on the
+            # file it removed between our open and our flock keeps no one out. Take it again.
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path)):
+                    self._lock_handle = handle
+                    return self
+            handle.close()
+        raise OutputError(f"could not take the lock {lock_path}: it keeps being removed")
+
+    def has_work(self) -> bool:
+        """Whether the work folder holds an earlier run's work (a manifest or chunks)."""
+        return (self.parts / "manifest.json").exists() or bool(self.completed_chunks())
+
     def open(self, *, restart: bool = False) -> ChunkedOutput:
-        """Take the work folder: create it, or check that the work found there is resumable.
+        """Take the work folder: lock it, then check that the work found there is resumable.
 
         Parameters
         ----------
@@ -116,8 +163,7 @@ class ChunkedOutput:
             Another run holds the folder, or it holds work of a different input or settings
             (and ``restart`` is false).
         """
-        self.parts.mkdir(exist_ok=True)
-        self._lock()
+        self.lock()
         manifest_path = self.parts / "manifest.json"
         if restart:
             self._clear()
@@ -131,13 +177,28 @@ class ChunkedOutput:
         for leftover in self.parts.glob(".*.tmp"):
             # Half-written files of a run that was killed: never renamed, so never trusted.
             leftover.unlink()
+        self._drop_unchained_chunks()
         self._write_atomically(
             manifest_path, lambda handle: handle.write(_json_bytes(self.manifest))
         )
         return self
 
     def close(self) -> None:
-        """Release the lock; chunk files stay for a later run to resume from."""
+        """Release the lock; chunk files stay for a later run to resume from.
+
+        A work folder that holds no work (the run stopped before its manifest was written, on
+        a bad input say) is removed, so that a failed run leaves nothing behind.
+        """
+        if self._lock_handle is None:
+            return
+        if not self.has_work():
+            # Removed while still locked; a run waiting on the lock file takes a new one.
+            with contextlib.suppress(OSError):
+                (self.parts / ".lock").unlink()
+                self.parts.rmdir()
+        self._release()
+
+    def _release(self) -> None:
         if self._lock_handle is not None:
             self._lock_handle.close()
             self._lock_handle = None
@@ -149,12 +210,12 @@ class ChunkedOutput:
         self.close()
 
     # -- chunks -------------------------------------------------------------------------------
-    def chunk_path(self, index: int) -> Path:
-        """Where chunk ``index`` (input rows ``[index * chunk_size, ...)``) is kept."""
-        return self.parts / f"chunk-{index:06d}.parquet"
+    def chunk_path(self, first_row: int) -> Path:
+        """Where the chunk that starts at input row ``first_row`` is kept."""
+        return self.parts / f"chunk-{first_row:012d}.parquet"
 
     def completed_chunks(self) -> dict[int, int]:
-        """Chunk index -> rows, for every chunk file present."""
+        """First row -> rows, for every readable chunk file present."""
         found = {}
         for path in self.parts.glob("chunk-*.parquet"):
             match = _CHUNK_NAME.fullmatch(path.name)
@@ -163,25 +224,32 @@ class ChunkedOutput:
                     found[int(match.group(1))] = pq.read_metadata(path).num_rows
         return found
 
-    def has_chunk(self, index: int, n_rows: int) -> bool:
-        """Whether chunk ``index`` is already written, with ``n_rows`` rows."""
-        path = self.chunk_path(index)
-        try:
-            return pq.read_metadata(path).num_rows == n_rows
-        except (OSError, ValueError):
-            # Absent, or (after a disk fault, never after a crash) unreadable: compute again.
-            return False
+    def committed_rows(self) -> int:
+        """Input rows ``[0, n)`` held by chunks that follow each other from row 0: where a run
+        resumes."""
+        return _chain(self.completed_chunks())[0]
+
+    def _drop_unchained_chunks(self) -> None:
+        # Chunks after a gap (a chunk file lost or unreadable, never after a crash) would be
+        # computed again with other boundaries; removed now, they cannot overlap those.
+        chunks = self.completed_chunks()
+        chained = set(_chain(chunks)[1])
+        for path in self.parts.glob("chunk-*.parquet"):
+            match = _CHUNK_NAME.fullmatch(path.name)
+            if not match or int(match.group(1)) not in chained:
+                path.unlink()
 
     def write_chunk(
         self,
-        index: int,
+        first_row: int,
         vectors: np.ndarray,
         *,
         embedding_column: str = "embedding",
         ids: Any = None,
         id_column: str | None = None,
     ) -> None:
-        """Commit one chunk: written to a temporary file, synced, renamed into place.
+        """Commit the chunk of input rows ``[first_row, first_row + len(vectors))``: written to a
+        temporary file, synced, renamed into place.
 
         The chunk holds ``ids`` (when given) under ``id_column`` and the rows of ``vectors``
         as one ``fixed_size_list<float32>[dim]`` column named ``embedding_column``.
@@ -194,7 +262,7 @@ class ChunkedOutput:
         table = pa.table(columns)
         # Uncompressed: float vectors hardly compress and the chunks are short-lived.
         self._write_atomically(
-            self.chunk_path(index),
+            self.chunk_path(first_row),
             lambda handle: pq.write_table(table, handle, compression="none"),
         )
 
@@ -202,17 +270,18 @@ class ChunkedOutput:
     def assemble(
         self,
         *,
-        n_chunks: int,
+        n_rows: int,
         embedding_column: str,
         column_per_dimension: bool = False,
         metadata: dict[str, str] | None = None,
     ) -> int:
-        """Write chunks ``0 .. n_chunks - 1`` into the final file, replace it, remove the folder.
+        """Write the chunks of rows ``[0, n_rows)`` into the final file, replace it, remove the
+        folder.
 
         Parameters
         ----------
-        n_chunks : int
-            Number of chunks of the input; each must be present.
+        n_rows : int
+            Rows of the input; the chunks must hold each exactly once.
         embedding_column : str
             Name of the vector column in the chunks (and in a Parquet output).
         column_per_dimension : bool, default=False
@@ -226,35 +295,39 @@ class ChunkedOutput:
         int
             Rows written.
         """
-        missing = [i for i in range(n_chunks) if not self.chunk_path(i).exists()]
-        if missing:
-            raise OutputError(f"{self.parts} lacks chunk(s) {missing[:10]}; run again to redo them")
+        committed, first_rows = _chain(self.completed_chunks())
+        if committed != n_rows:
+            raise OutputError(
+                f"{self.parts} holds rows [0, {committed}) of {n_rows}; run again to compute "
+                f"the rest"
+            )
+        paths = [self.chunk_path(first_row) for first_row in first_rows]
         assembled = self.parts / ".assembled.tmp"
         if self.output.suffix.lower() == ".npy":
-            n_rows = self._assemble_npy(assembled, n_chunks, embedding_column)
+            n_written = self._assemble_npy(assembled, paths, n_rows, embedding_column)
         else:
-            n_rows = self._assemble_parquet(
-                assembled, n_chunks, embedding_column, column_per_dimension, metadata or {}
+            n_written = self._assemble_parquet(
+                assembled, paths, embedding_column, column_per_dimension, metadata or {}
             )
         os.replace(assembled, self.output)
         _sync_folder(self.output.parent)
-        self.close()
         # Renamed first so that the work folder vanishes at once: one half-deleted by a crash
-        # would send the next run back to recompute the chunks already removed.
+        # would send the next run back to recompute the chunks already removed. Still locked,
+        # so that no other run starts on the folder in between (see lock()).
         removed = self.parts.with_name(f".{self.parts.name}.{os.getpid()}.removed")
         os.replace(self.parts, removed)
+        self._release()
         shutil.rmtree(removed, ignore_errors=True)
-        return n_rows
+        return n_written
 
-    def _assemble_npy(self, target: Path, n_chunks: int, embedding_column: str) -> int:
-        metadata = [pq.read_metadata(self.chunk_path(i)) for i in range(n_chunks)]
-        n_rows = sum(m.num_rows for m in metadata)
-        first = pq.read_table(self.chunk_path(0), columns=[embedding_column])
-        dim = first.schema.field(embedding_column).type.list_size
+    def _assemble_npy(
+        self, target: Path, paths: list[Path], n_rows: int, embedding_column: str
+    ) -> int:
+        dim = pq.read_schema(paths[0]).field(embedding_column).type.list_size
         stored = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(n_rows, dim))
         start = 0
-        for index in range(n_chunks):
-            vectors = _vectors(pq.read_table(self.chunk_path(index), columns=[embedding_column]))
+        for path in paths:
+            vectors = _vectors(pq.read_table(path, columns=[embedding_column]))
             stored[start : start + len(vectors)] = vectors
             start += len(vectors)
         stored.flush()
@@ -266,7 +339,7 @@ class ChunkedOutput:
     def _assemble_parquet(
         self,
         target: Path,
-        n_chunks: int,
+        paths: list[Path],
         embedding_column: str,
         column_per_dimension: bool,
         metadata: dict[str, str],
@@ -275,8 +348,8 @@ class ChunkedOutput:
         writer = None
         try:
             with open(target, "wb") as handle:
-                for index in range(n_chunks):
-                    table = pq.read_table(self.chunk_path(index))
+                for path in paths:
+                    table = pq.read_table(path)
                     if column_per_dimension:
                         table = _one_column_per_dimension(table, embedding_column)
                     if writer is None:
@@ -296,19 +369,6 @@ class ChunkedOutput:
         return n_rows
 
     # -- internals ----------------------------------------------------------------------------
-    def _lock(self) -> None:
-        handle = open(self.parts / ".lock", "a+b")
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                raise OutputError(
-                    f"another sk-instructor run is writing {self.output} (it holds "
-                    f"{self.parts / '.lock'}); wait for it to finish"
-                ) from None
-        self._lock_handle = handle
-
     def _check_manifest(self, manifest_path: Path) -> None:
         try:
             found = json.loads(manifest_path.read_text())
@@ -318,6 +378,11 @@ class ChunkedOutput:
             raise OutputError(f"{manifest_path} is unreadable; pass --restart to start over")
         if found == self.manifest:
             return
+        if found.get("manifest_version") != self.manifest["manifest_version"]:
+            raise OutputError(
+                f"{self.parts} holds an unfinished run of another sk-instructor version, which "
+                f"this one cannot resume; pass --restart to discard it"
+            )
         labels = []
         for name in _differences(found, self.manifest):
             group, _, key = name.partition(".")
@@ -357,6 +422,16 @@ class ChunkedOutput:
                 temporary.unlink()
             raise
         _sync_folder(path.parent)
+
+
+def _chain(chunks: dict[int, int]) -> tuple[int, list[int]]:
+    """Follow chunks (first row -> rows) from row 0: (rows covered, first rows in order)."""
+    first_rows = []
+    row = 0
+    while chunks.get(row):
+        first_rows.append(row)
+        row += chunks[row]
+    return row, first_rows
 
 
 def _json_bytes(value: Any) -> bytes:

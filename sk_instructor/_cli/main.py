@@ -1,17 +1,18 @@
 """The ``sk-instructor`` command line: embed a column of a file, resumably.
 
-``sk-instructor embed INPUT -o OUTPUT`` reads a CSV, Parquet or JSON Lines file in chunks,
-embeds each chunk with one fitted :class:`~sk_instructor.InstructorVectorizer` (the same
-engine as everything else) and commits it to ``OUTPUT.parts/`` (see
-:mod:`sk_instructor._chunked_output`). Interrupted runs continue where they stopped when the
-same command is run again. Problems are reported on one line, with the traceback only under
-``--verbose``.
+``sk-instructor embed INPUT -o OUTPUT`` checks the whole input file first
+(:mod:`~sk_instructor._cli.table_input`), then embeds its rows in pieces with one fitted
+:class:`~sk_instructor.InstructorVectorizer` (the same engine as everything else) and commits
+them to ``OUTPUT.parts/`` every ``--chunk-size`` rows or ``--commit-seconds``, whichever comes
+first (:mod:`~sk_instructor._cli.commits`, :mod:`~sk_instructor._cli.chunked_output`).
+Interrupted runs continue where they stopped when the same command is run again. Problems are
+reported on one line, with the traceback only under ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import contextlib
 import json
 import re
 import signal
@@ -22,8 +23,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from .. import __version__
 from .. import _params as params
 from .._instruction import DEFAULT_TEMPLATE
@@ -33,6 +32,8 @@ __all__ = ["build_parser", "main"]
 
 PROGRAM = "sk-instructor"
 DEFAULT_CHUNK_SIZE = 8192
+DEFAULT_COMMIT_SECONDS = 30.0
+_USUAL_MAX_SEQ_LENGTH = 512  # INSTRUCTOR's; the progress estimate needs it before the model loads
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
 EXIT_TERMINATED = 143  # ... and by SIGTERM
@@ -43,7 +44,8 @@ INSTRUCTOR instruction-following text embeddings for files.
 
 Embed one text column of a CSV, Parquet or JSON Lines file under a task instruction and write
 the vectors to Parquet or .npy, one row per input row, in input order. Work is committed in
-chunks: after a crash or Ctrl-C, run the same command again and it continues where it stopped.
+chunks (at least every 30 s): after a crash or Ctrl-C, run the same command again and it
+continues where it stopped.
 """
 
 _EMBED_EPILOG = """\
@@ -63,10 +65,15 @@ output:
   .npy      a float32 array of shape (rows, dimension); row i is input row i
 
 resuming:
-  Chunks are kept in OUTPUT.parts/ until the output is complete. Running the same command again
-  skips the finished chunks; a different input file or different options are refused (pass
-  --restart to discard the unfinished work).
+  The work done is committed to OUTPUT.parts/ every --chunk-size rows or --commit-seconds,
+  whichever comes first, and on Ctrl-C. Running the same command again continues after the
+  last committed row (--chunk-size and --commit-seconds may differ); a different input file or
+  options that change the vectors are refused (pass --restart to discard the unfinished work).
 """
+
+
+# Seconds for the commit interval; a module attribute so that tests can pass a fake clock.
+_clock = time.monotonic
 
 
 class _Terminated(Exception):
@@ -107,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--column", default="text", help="the column of texts to embed (default: %(default)s)"
     )
     columns.add_argument(
-        "--id-column", metavar="COLUMN", help="a column copied next to each vector (Parquet only)"
+        "--id-column",
+        metavar="COLUMN",
+        help="a column copied next to each vector (Parquet output only; CSV and TSV fields, ids "
+        "included, are text, kept exactly as written)",
     )
     columns.add_argument(
         "--input-format",
@@ -145,8 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=params.positive_int,
         default=DEFAULT_CHUNK_SIZE,
         metavar="ROWS",
-        help="rows committed at a time; at most this much work is lost to a crash "
-        "(default: %(default)s)",
+        help="commit the work done at least every ROWS rows (default: %(default)s)",
+    )
+    output.add_argument(
+        "--commit-seconds",
+        type=_non_negative_seconds,
+        default=DEFAULT_COMMIT_SECONDS,
+        metavar="SECONDS",
+        help="... and at least every SECONDS of work, so that an interrupt or a crash loses at "
+        "most about that much, whatever the size of the file (default: %(default)g)",
     )
     output.add_argument(
         "--overwrite", action="store_true", help="replace OUTPUT if it already exists"
@@ -163,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="show tracebacks and library warnings as is"
     )
     return parser
+
+
+def _non_negative_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     previous_handler = _raise_on_sigterm()
     try:
         with warnings.catch_warnings():
+            notices = None
             if not args.verbose:
                 warnings.simplefilter("always")
-                warnings.showwarning = _OncePerKindWarnings()
-            return _embed(args)
+                warnings.showwarning = notices = _OncePerKindWarnings()
+            return _embed(args, notices)
     except KeyboardInterrupt:
         # Outside the chunk loop (loading the model, assembling): nothing to report but that.
         _error("interrupted")
@@ -216,14 +244,13 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _embed(args: argparse.Namespace) -> int:
+def _embed(args: argparse.Namespace, notices: _OncePerKindWarnings | None = None) -> int:
     # Files are read and written with pyarrow, an optional extra that --help does not need.
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         raise InputError(PYARROW_HINT) from None
-    from .chunked_output import ChunkedOutput, input_signature
-    from .table_input import open_table_input
+    from .chunked_output import ChunkedOutput
 
     input_path, output = Path(args.input), Path(args.output)
     output_format = _OUTPUT_FORMATS.get(output.suffix.lower())
@@ -242,30 +269,42 @@ def _embed(args: argparse.Namespace) -> int:
         raise OutputError(f"cannot write {output}: folder {output.parent} does not exist")
     if input_path.exists() and output.exists() and input_path.samefile(output):
         raise OutputError("OUTPUT is the INPUT file; choose another output name")
-    parts = output.with_name(output.name + ".parts")
-    if output.exists() and not parts.exists() and not args.overwrite:
+    # Locked before anything slow, and the output's existence checked under the lock: two
+    # runs on one output then never both go ahead (the second stops here, at once).
+    parts = ChunkedOutput(output).lock()
+    try:
+        return _embed_locked(args, parts, notices)
+    finally:
+        parts.close()
+
+
+def _embed_locked(args: argparse.Namespace, parts, notices) -> int:
+    from .chunked_output import input_signature
+    from .table_input import RowReader, open_table_input
+
+    input_path, output = Path(args.input), Path(args.output)
+    if output.exists() and not parts.has_work() and not args.overwrite:
         raise OutputError(f"{output} already exists; pass --overwrite to replace it")
 
     table_input = open_table_input(
         input_path, column=args.column, id_column=args.id_column, input_format=args.input_format
     )
-    if args.missing == "error" and table_input.format in ("parquet", "jsonl"):
-        # Checked before any work, so that a missing text half-way through does not stop a
-        # long run (CSV fields are never missing: an empty field is the empty string).
-        n_missing, rows = table_input.find_missing()
-        if n_missing:
-            shown = ", ".join(map(str, rows)) + (" ..." if n_missing > len(rows) else "")
-            raise InputError(
-                f"{n_missing} row(s) of {input_path} have no text in column {args.column!r} "
-                f"(rows {shown}, counting from 0); pass --missing empty or --missing zero to "
-                f"embed them anyway"
-            )
+    # The whole file is read once before the model loads: a malformed row, a value of another
+    # type or a missing text half-way through must stop the run before any work, not during it.
+    summary = table_input.scan(char_cap=_char_cap(args))
+    if args.missing == "error" and summary.n_missing:
+        rows = summary.missing_rows
+        shown = ", ".join(map(str, rows)) + (" ..." if summary.n_missing > len(rows) else "")
+        raise InputError(
+            f"{summary.n_missing} row(s) of {input_path} have no text in column {args.column!r} "
+            f"(rows {shown}, counting from 0); pass --missing empty or --missing zero to "
+            f"embed them anyway"
+        )
 
     vectorizer = _build_vectorizer(args)
     engine = vectorizer._engine()
     manifest = {
         "input": input_signature(input_path),
-        "chunk_size": args.chunk_size,
         "columns": {"text": args.column, "id": args.id_column, "embedding": args.embedding_column},
         # Everything that changes a vector; batch size, device and cache do not.
         "settings": {
@@ -284,56 +323,64 @@ def _embed(args: argparse.Namespace) -> int:
         manifest["settings"]["long_text"] = args.long_text
         manifest["settings"]["chunk_overlap"] = args.chunk_overlap
 
-    chunks = table_input.chunks(args.chunk_size)
-    first_chunk = next(chunks, None)
-    if first_chunk is None:
-        raise InputError(f"{input_path} has no rows")
-
-    parts = ChunkedOutput(output, manifest).open(restart=args.restart)
-    try:
-        return _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks)
-    finally:
-        parts.close()
+    parts.manifest.update(manifest)
+    parts.open(restart=args.restart)
+    reader = RowReader(table_input.batches())
+    return _embed_rows(args, summary, vectorizer, parts, reader, notices)
 
 
-def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> int:
-    done_before = parts.completed_chunks()
+def _embed_rows(args, summary, vectorizer, parts, reader, notices) -> int:
+    from .commits import CommitSchedule, PendingChunk
+    from .progress import Progress
+    from .table_input import text_lengths
+
+    n_rows = summary.n_rows
+    # The bar's unit of work: characters of each row's model input (see progress.py).
+    instruction_chars, cap = len(vectorizer.instruction_), _char_cap(args)
+
+    def weights(table):
+        return text_lengths(table.column(args.column), cap) + instruction_chars
+
+    first_row = parts.committed_rows()
+    work_done = _skip_rows(reader, first_row, weights)
+    schedule = CommitSchedule(args.chunk_size, args.commit_seconds, clock=_clock)
+    pending = PendingChunk(first_row)
+
+    def commit() -> None:
+        pending.commit(parts, embedding_column=args.embedding_column, id_column=args.id_column)
+
     show = args.show_progress_bar
     if show is None:
         show = sys.stderr is not None and sys.stderr.isatty()
-    bar = tqdm(
-        total=table_input.n_rows,
-        initial=sum(done_before.values()),
-        unit="rows",
-        desc="Embedding",
-        dynamic_ncols=True,
-        disable=not show,
-        file=sys.stderr,
+    progress = Progress(
+        n_rows=n_rows,
+        total_work=summary.text_chars + n_rows * instruction_chars,
+        rows_done=first_row,
+        work_done=work_done,
+        show=show,
     )
+    if notices is not None:
+        notices.progress = progress
     started = time.perf_counter()
-    n_chunks = n_embedded = 0
     try:
-        with bar:
-            for index, chunk in enumerate(itertools.chain([first_chunk], chunks)):
-                n_chunks = index + 1
-                if parts.has_chunk(index, chunk.num_rows):
-                    continue
-                position = bar.n
-                # The vectorizer would open a bar per chunk; the engine advances this one
-                # instead, so the rate is live within a chunk too.
-                vectors = vectorizer._transform(chunk.column(args.column).to_pylist(), progress=bar)
-                # Rows written as zero vectors (--missing zero) never pass through the engine.
-                bar.update(position + chunk.num_rows - bar.n)
-                ids = chunk.column(args.id_column) if args.id_column else None
-                parts.write_chunk(
-                    index,
-                    vectors,
-                    embedding_column=args.embedding_column,
-                    ids=ids,
-                    id_column=args.id_column,
-                )
-                n_embedded += chunk.num_rows
+        with progress:
+            while (piece := reader.take(schedule.piece_rows(pending.n_rows))) is not None:
+                advance = progress.piece(weights(piece))
+                began = _clock()
+                # The vectorizer would open a bar per call; the engine advances this one.
+                texts = piece.column(args.column).to_pylist()
+                vectors = vectorizer._transform(texts, progress=advance)
+                schedule.piece_done(piece.num_rows, _clock() - began)
+                advance.finish()  # rows written as zero vectors never pass through the engine
+                pending.add(piece.column(args.id_column) if args.id_column else None, vectors)
+                if schedule.commit_due(pending.n_rows):
+                    commit()
+                    schedule.committed()
+            commit()
     except (KeyboardInterrupt, _Terminated) as stop:
+        # The pieces embedded since the last commit are whole: keep them. (A second Ctrl-C
+        # here stops at once; the chunk being written is then not kept, as always.)
+        commit()
         done = parts.completed_chunks()
         _error(
             f"{'interrupted' if isinstance(stop, KeyboardInterrupt) else 'terminated'}: "
@@ -341,22 +388,50 @@ def _embed_chunks(args, table_input, vectorizer, parts, first_chunk, chunks) -> 
             f"run the same command again to continue"
         )
         return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
+    except Exception:
+        # An error of the engine (out of memory, say) leaves the pending pieces as good.
+        with contextlib.suppress(Exception):
+            commit()
+        raise
+    finally:
+        if notices is not None:
+            notices.progress = None
 
-    n_rows = parts.assemble(
-        n_chunks=n_chunks,
+    n_written = parts.assemble(
+        n_rows=n_rows,
         embedding_column=args.embedding_column,
         column_per_dimension=args.column_per_dimension,
         metadata=_provenance(args, vectorizer),
     )
+    n_embedded = n_rows - first_row
     elapsed = time.perf_counter() - started
     rate = f", {n_embedded / elapsed:,.0f} rows/s" if n_embedded and elapsed > 0 else ""
-    resumed = f" ({n_rows - n_embedded} resumed from an earlier run)" if n_embedded < n_rows else ""
+    resumed = f" ({first_row} resumed from an earlier run)" if first_row else ""
     print(
-        f"{PROGRAM}: wrote {n_rows} vectors of dimension {vectorizer.embedding_dim_} to "
+        f"{PROGRAM}: wrote {n_written} vectors of dimension {vectorizer.embedding_dim_} to "
         f"{args.output}{resumed} in {elapsed:.1f} s{rate}",
         file=sys.stderr,
     )
     return 0
+
+
+def _char_cap(args: argparse.Namespace) -> int:
+    """Characters of a text counted as work: about what the model reads of it (a token is
+    rarely over 8 characters), so that a 20 MB text does not stall the bar's estimate."""
+    return 8 * (args.max_seq_length or _USUAL_MAX_SEQ_LENGTH)
+
+
+def _skip_rows(reader, n_rows: int, weights) -> int:
+    """Read past the first ``n_rows`` rows (those an earlier run committed); returns their
+    work."""
+    work = 0
+    while n_rows > 0:
+        table = reader.take(min(n_rows, 65536))
+        if table is None:  # the input signature matched, so this takes a change it missed
+            raise InputError("the input holds fewer rows than the work saved for it; --restart")
+        work += int(weights(table).sum())
+        n_rows -= table.num_rows
+    return work
 
 
 def _build_vectorizer(args: argparse.Namespace):
@@ -405,12 +480,13 @@ def _error(message: str) -> None:
 class _OncePerKindWarnings:
     """Show library warnings as one ``sk-instructor: warning:`` line, each kind once.
 
-    The engine warns per call, so per chunk: a file of long texts would repeat "N of M texts
-    were truncated" for every chunk. Messages that differ only in their numbers are one kind.
+    The engine warns per call, so per piece of rows: a file of long texts would repeat "N of M
+    texts were truncated" for every piece. Messages that differ only in their numbers are one kind.
     """
 
     def __init__(self) -> None:
         self.seen: set[tuple[type, str]] = set()
+        self.progress: Any = None  # the bar, while one is shown
 
     def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
         text = " ".join(str(message).split())
@@ -418,10 +494,11 @@ class _OncePerKindWarnings:
         if kind in self.seen:
             return
         self.seen.add(kind)
-        tqdm.write(
-            f"{PROGRAM}: warning: {text} (further warnings like this are not shown)",
-            file=sys.stderr,
-        )
+        line = f"{PROGRAM}: warning: {text} (further warnings like this are not shown)"
+        if self.progress is not None:
+            self.progress.write(line)  # above the bar, which is then drawn again below
+        else:
+            print(line, file=sys.stderr)
 
 
 def _raise_on_sigterm() -> Any:

@@ -1,0 +1,145 @@
+"""The command line's progress bar: rows of the file, with a rate and time left by text length.
+
+The engine sorts the texts of each call longest first, so rows per second start slow and
+the time left would start far too long. The bar counts rows, but advances, and measures its
+rate and time left, by *work*: the characters of each row's model input (instruction and text,
+the text counted up to about what the model reads). As the engine reports rows done, the
+longest rows of the call are credited first, the way it encodes them.
+
+The finished bar is drawn once: reaching the end does not redraw it (closing draws it), and a
+warning printed once the bar is full closes the bar first instead of redrawing it after.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+__all__ = ["Progress"]
+
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {rows} [{elapsed}<{remaining}, {rate_fmt}]"
+
+
+class _RowsBar(tqdm):
+    """A tqdm bar of work that shows rows done out of the file's rows."""
+
+    def __init__(self, *args: Any, rows: str = "", **kwargs: Any) -> None:
+        self.rows = rows  # before tqdm's __init__, which draws the bar
+        super().__init__(*args, **kwargs)
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        return {**super().format_dict, "rows": self.rows}
+
+
+class Progress:
+    """Rows and work done out of the file's, shown as a bar on ``file`` when ``show``.
+
+    Parameters
+    ----------
+    n_rows : int
+        Rows of the input.
+    total_work : int
+        Work of all rows (see the module's description).
+    rows_done, work_done : int, default=0
+        Already done (resumed from an earlier run): not counted in the rate.
+    show : bool
+        Draw the bar; the counts are kept either way.
+    file : stream or None, default=None
+        Where to draw it; ``sys.stderr`` when None.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_rows: int,
+        total_work: int,
+        rows_done: int = 0,
+        work_done: int = 0,
+        show: bool,
+        file: Any = None,
+    ) -> None:
+        self.n_rows = n_rows
+        self.total_work = max(total_work, 1)
+        self.rows_done = rows_done
+        self.work_done = work_done
+        self._file = file if file is not None else sys.stderr
+        self._bar = _RowsBar(
+            total=self.total_work,
+            initial=work_done,
+            rows=self._rows_text(),
+            desc="Embedding",
+            unit=" chars",
+            unit_scale=True,
+            bar_format=_BAR_FORMAT,
+            dynamic_ncols=True,
+            disable=not show,
+            file=self._file,
+        )
+        self._closed = False
+
+    def piece(self, weights: np.ndarray) -> _Piece:
+        """What the engine advances while it embeds one piece of rows of these ``weights``."""
+        return _Piece(self, weights)
+
+    def advance(self, rows: int, work: int) -> None:
+        """Count ``rows`` more rows done, holding ``work`` more work."""
+        self.rows_done += rows
+        self.work_done += work
+        self._bar.rows = self._rows_text()
+        if self.rows_done >= self.n_rows:
+            # Not drawn now: close() draws the finished bar, and drawing it here as well
+            # printed the last line twice wherever stderr is not a terminal.
+            self._bar.n = self.work_done
+        else:
+            self._bar.update(work)
+
+    def write(self, message: str) -> None:
+        """Print ``message`` on a line of its own, above the bar while it runs."""
+        if not self._closed and self.rows_done >= self.n_rows:
+            self.close()  # a finished bar is closed, not drawn again below the message
+        if self._closed or self._bar.disable:
+            print(message, file=self._file)
+        else:
+            tqdm.write(message, file=self._file)
+
+    def close(self) -> None:
+        """Draw the bar a last time (once) and stop."""
+        if not self._closed:
+            self._closed = True
+            self._bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _rows_text(self) -> str:
+        return f"{self.rows_done:,}/{self.n_rows:,} rows"
+
+
+class _Piece:
+    """The progress object handed to the engine for one call: ``update(n)`` for ``n`` more rows
+    done, which are credited with the largest weights not yet credited (longest first)."""
+
+    def __init__(self, progress: Progress, weights: np.ndarray) -> None:
+        self._progress = progress
+        ordered = np.sort(np.asarray(weights, dtype=np.int64))[::-1]
+        self._cumulative = np.concatenate([[0], np.cumsum(ordered)])
+        self._done = 0
+
+    def update(self, n: int = 1) -> None:
+        n = min(int(n), len(self._cumulative) - 1 - self._done)
+        if n <= 0:
+            return
+        work = self._cumulative[self._done + n] - self._cumulative[self._done]
+        self._done += n
+        self._progress.advance(n, int(work))
+
+    def finish(self) -> None:
+        """Count the rows the engine did not report (rows written as zero vectors)."""
+        self.update(len(self._cumulative) - 1 - self._done)
