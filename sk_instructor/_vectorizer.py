@@ -25,6 +25,7 @@ from ._cache import resolve_cache
 from ._input import TextColumn, describe_rows, read_text_column
 from ._instruction import format_instruction
 from ._params import DEFAULTS
+from ._progress import Progress, in_notebook, text_work
 from ._warnings import warn
 
 if TYPE_CHECKING:
@@ -32,8 +33,11 @@ if TYPE_CHECKING:
 
 __all__ = ["InstructorVectorizer"]
 
-# Show a progress bar by default only for inputs at least this large (and on a terminal).
+# Show a progress bar by default only for inputs at least this large (on a terminal or in a
+# notebook).
 _PROGRESS_MIN_ROWS = 256
+# INSTRUCTOR's window, for the progress bar's estimate when max_seq_length is not set.
+_USUAL_MAX_SEQ_LENGTH = 512
 
 
 @params.fill_parameter_docs
@@ -394,10 +398,12 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         if len(rows) == 0:
             return output
         instructions = column.instructions or [self.instruction_] * len(texts)
-        with self._bar(len(rows), progress) as progress:
+        instructions = [instructions[i] for i in rows]
+        texts = [texts[i] if texts[i] is not None else "" for i in rows]
+        with self._bar(instructions, texts, progress) as progress:
             output[rows] = engine.encode(
-                [instructions[i] for i in rows],
-                [texts[i] if texts[i] is not None else "" for i in rows],
+                instructions,
+                texts,
                 batch_size=self.batch_size,
                 max_seq_length=self.max_seq_length,
                 long_text=self.long_text,
@@ -420,10 +426,12 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         rows = self._rows_to_encode(column)
         engine = self._engine()
         instructions = column.instructions or [self.instruction_] * len(texts)
-        with self._bar(len(rows), None) as progress:
+        instructions = [instructions[i] for i in rows]
+        encoded = [texts[i] if texts[i] is not None else "" for i in rows]
+        with self._bar(instructions, encoded, None) as progress:
             chunks = engine.encode_chunks(
-                [instructions[i] for i in rows],
-                [texts[i] if texts[i] is not None else "" for i in rows],
+                instructions,
+                encoded,
                 chunk_overlap=self.chunk_overlap,
                 batch_size=self.batch_size,
                 max_seq_length=self.max_seq_length,
@@ -453,20 +461,29 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             keep[column.missing_rows] = False
         return np.flatnonzero(keep)
 
-    def _bar(self, n_rows: int, progress: Any):
-        """An outside progress bar (the command line's) if given, else our own if wanted."""
-        return contextlib.nullcontext(progress) if progress is not None else self._progress(n_rows)
-
-    def _progress(self, n_rows: int):
+    @contextlib.contextmanager
+    def _bar(self, instructions: list[str], texts: list[str], progress: Any):
+        """What the engine advances: an outside progress object (the command line's) if
+        given, else a bar of our own where one is wanted: when asked, or for large inputs on
+        a terminal or in a Jupyter notebook."""
+        if progress is not None:
+            yield progress
+            return
         show = self.show_progress_bar
         if show is None:
-            show = n_rows >= _PROGRESS_MIN_ROWS and _is_terminal(sys.stderr)
+            show = len(texts) >= _PROGRESS_MIN_ROWS and (_is_terminal(sys.stderr) or in_notebook())
         if not show:
-            # tqdm.auto is not even imported: in a notebook without ipywidgets it warns on import.
-            return contextlib.nullcontext(None)
-        from tqdm.auto import tqdm
-
-        return tqdm(total=n_rows, unit="text", desc="Embedding", leave=False)
+            yield None
+            return
+        # Counted in texts, timed in characters: the engine encodes the longest texts first.
+        work = text_work(instructions, texts, self.max_seq_length or _USUAL_MAX_SEQ_LENGTH)
+        bar = Progress(
+            n_rows=len(texts), total_work=int(work.sum()), show=True, noun="texts", leave=False
+        )
+        with bar:
+            piece = bar.piece(work)
+            yield piece
+            piece.finish()
 
 
 def _is_terminal(stream: Any) -> bool:

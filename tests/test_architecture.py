@@ -35,6 +35,7 @@ MODULE_LAYERS = [
     ("sk_instructor._similarity", "estimators"),
     ("sk_instructor._exceptions", "foundation"),
     ("sk_instructor._warnings", "foundation"),
+    ("sk_instructor._progress", "foundation"),
     ("sk_instructor._input", "foundation"),
     ("sk_instructor._instruction", "foundation"),
     ("sk_instructor._search", "foundation"),

@@ -231,7 +231,7 @@ def test_progress_bar_final_line_is_printed_once(tmp_path, tiny_t5_path, capsys)
 
 
 def test_progress_advances_by_text_length_longest_first_as_the_engine_encodes():
-    from sk_instructor._cli.progress import Progress
+    from sk_instructor._progress import Progress
 
     # Four rows of 100, 1, 1 and 1 characters, under an instruction of 10.
     progress = Progress(n_rows=4, total_work=103 + 4 * 10, show=False)

@@ -444,6 +444,55 @@ def test_progress_bar_by_default_on_a_terminal_for_large_inputs(tiny_t5_path, mo
     assert "300" in terminal.getvalue()
 
 
+def _pretend_jupyter(monkeypatch) -> io.StringIO:
+    """Run as in a Jupyter kernel (stderr is no terminal there); returns the stderr stream."""
+    import types
+
+    kernel = types.SimpleNamespace(config={"IPKernelApp": {}})
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: kernel
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    return err
+
+
+def test_progress_bar_by_default_in_a_notebook_as_text_without_ipywidgets(
+    tiny_t5_path, monkeypatch
+):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "ipywidgets" else real_find_spec(name, *args),
+    )
+    err = _pretend_jupyter(monkeypatch)
+    InstructorVectorizer(tiny_t5_path).fit_transform(_many_texts(300))
+    assert "Embedding" in err.getvalue() and "/300 texts" in err.getvalue()
+
+
+def test_progress_bar_in_a_notebook_with_ipywidgets_is_a_widget(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    from sk_instructor._progress import Progress
+
+    _pretend_jupyter(monkeypatch)
+    with Progress(n_rows=2, total_work=10, show=True, noun="texts") as bar:
+        assert isinstance(bar._bar, notebook_tqdm)
+
+
+def test_progress_rate_and_time_left_are_by_text_length_longest_first():
+    from sk_instructor._progress import Progress
+
+    with Progress(n_rows=3, total_work=111, show=False) as bar:
+        piece = bar.piece(np.array([1, 100, 10]))
+        piece.update(1)  # the engine encodes the longest text first
+        assert (bar.rows_done, bar.work_done) == (1, 100)
+
+
 @pytest.mark.parametrize(
     ("stream", "n_texts", "show"),
     [(_Terminal, 10, None), (io.StringIO, 300, None), (_Terminal, 300, False)],

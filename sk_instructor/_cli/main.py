@@ -26,6 +26,7 @@ from typing import Any
 from .. import __version__
 from .. import _params as params
 from .._instruction import DEFAULT_TEMPLATE
+from .._progress import CHARACTERS_PER_TOKEN, Progress
 from .errors import PYARROW_HINT, InputError, OutputError, one_line
 
 __all__ = ["build_parser", "main"]
@@ -331,7 +332,6 @@ def _embed_locked(args: argparse.Namespace, parts, notices) -> int:
 
 def _embed_rows(args, summary, vectorizer, parts, reader, notices) -> int:
     from .commits import CommitSchedule, PendingChunk
-    from .progress import Progress
     from .table_input import text_lengths
 
     n_rows = summary.n_rows
@@ -416,9 +416,9 @@ def _embed_rows(args, summary, vectorizer, parts, reader, notices) -> int:
 
 
 def _char_cap(args: argparse.Namespace) -> int:
-    """Characters of a text counted as work: about what the model reads of it (a token is
-    rarely over 8 characters), so that a 20 MB text does not stall the bar's estimate."""
-    return 8 * (args.max_seq_length or _USUAL_MAX_SEQ_LENGTH)
+    """Characters of a text counted as work: about what the model reads of it, so that a
+    20 MB text does not stall the bar's estimate."""
+    return CHARACTERS_PER_TOKEN * (args.max_seq_length or _USUAL_MAX_SEQ_LENGTH)
 
 
 def _skip_rows(reader, n_rows: int, weights) -> int:

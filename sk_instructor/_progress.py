@@ -1,47 +1,83 @@
-"""The command line's progress bar: rows of the file, with a rate and time left by text length.
+"""Progress bars: texts (or rows) done, with a rate and time left by text length.
 
-The engine sorts the texts of each call longest first, so rows per second start slow and
-the time left would start far too long. The bar counts rows, but advances, and measures its
-rate and time left, by *work*: the characters of each row's model input (instruction and text,
-the text counted up to about what the model reads). As the engine reports rows done, the
-longest rows of the call are credited first, the way it encodes them.
+The engine sorts the texts of each call longest first, so texts per second start slow and the
+time left would start far too long. A bar here counts texts, but advances, and measures its
+rate and time left, by *work*: the characters of each text's model input (instruction and text,
+the text counted up to about what the model reads), which the encoding cost follows. As the
+engine reports texts done, the longest of the call are credited first, the way it encodes them.
 
-The finished bar is drawn once: reaching the end does not redraw it (closing draws it), and a
+In a Jupyter notebook the bar is a widget when ipywidgets is installed, and text otherwise. The
+finished bar is drawn once: reaching the end does not redraw it (closing draws it), and a
 warning printed once the bar is full closes the bar first instead of redrawing it after.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+from functools import cache
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-__all__ = ["Progress"]
+__all__ = ["CHARACTERS_PER_TOKEN", "Progress", "in_notebook", "text_work"]
 
 _BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {rows} [{elapsed}<{remaining}, {rate_fmt}]"
+# A token is rarely longer than 8 characters: past that many per token of the window, a
+# text's characters are not read by the model and are not work (a 20 MB text would otherwise
+# stall the estimate).
+CHARACTERS_PER_TOKEN = 8
 
 
-class _RowsBar(tqdm):
-    """A tqdm bar of work that shows rows done out of the file's rows."""
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (checked without importing IPython)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
-    def __init__(self, *args: Any, rows: str = "", **kwargs: Any) -> None:
-        self.rows = rows  # before tqdm's __init__, which draws the bar
-        super().__init__(*args, **kwargs)
 
-    @property
-    def format_dict(self) -> dict[str, Any]:
-        return {**super().format_dict, "rows": self.rows}
+def text_work(instructions: list[str], texts: list[str], max_seq_length: int) -> np.ndarray:
+    """The work of each text: characters of its model input, the text counted up to about
+    what ``max_seq_length`` tokens read."""
+    cap = CHARACTERS_PER_TOKEN * max_seq_length
+    return np.fromiter(
+        (
+            len(instruction) + min(len(text), cap)
+            for instruction, text in zip(instructions, texts, strict=True)
+        ),
+        dtype=np.int64,
+        count=len(texts),
+    )
+
+
+@cache
+def _bar_class(widget: bool) -> type:
+    """A tqdm bar of work that shows texts done out of all; a notebook widget if asked."""
+    if widget:
+        from tqdm.notebook import tqdm as base
+    else:
+        base = tqdm
+
+    class RowsBar(base):
+        def __init__(self, *args: Any, rows: str = "", **kwargs: Any) -> None:
+            self.rows = rows  # before tqdm's __init__, which draws the bar
+            super().__init__(*args, **kwargs)
+
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            return {**super().format_dict, "rows": self.rows}
+
+    return RowsBar
 
 
 class Progress:
-    """Rows and work done out of the file's, shown as a bar on ``file`` when ``show``.
+    """Rows and work done out of all, shown as a bar on ``file`` when ``show``.
 
     Parameters
     ----------
     n_rows : int
-        Rows of the input.
+        Rows (texts) of the input.
     total_work : int
         Work of all rows (see the module's description).
     rows_done, work_done : int, default=0
@@ -50,6 +86,10 @@ class Progress:
         Draw the bar; the counts are kept either way.
     file : stream or None, default=None
         Where to draw it; ``sys.stderr`` when None.
+    noun : str, default="rows"
+        What a row is called on the bar (``"texts"``).
+    leave : bool, default=True
+        Keep the finished bar on screen.
     """
 
     def __init__(
@@ -61,13 +101,18 @@ class Progress:
         work_done: int = 0,
         show: bool,
         file: Any = None,
+        noun: str = "rows",
+        leave: bool = True,
     ) -> None:
         self.n_rows = n_rows
         self.total_work = max(total_work, 1)
         self.rows_done = rows_done
         self.work_done = work_done
+        self._noun = noun
         self._file = file if file is not None else sys.stderr
-        self._bar = _RowsBar(
+        # A widget in a notebook where ipywidgets can draw one; text everywhere else.
+        widget = show and in_notebook() and importlib.util.find_spec("ipywidgets") is not None
+        self._bar = _bar_class(widget)(
             total=self.total_work,
             initial=work_done,
             rows=self._rows_text(),
@@ -78,6 +123,7 @@ class Progress:
             dynamic_ncols=True,
             disable=not show,
             file=self._file,
+            leave=leave,
         )
         self._closed = False
 
@@ -119,7 +165,7 @@ class Progress:
         self.close()
 
     def _rows_text(self) -> str:
-        return f"{self.rows_done:,}/{self.n_rows:,} rows"
+        return f"{self.rows_done:,}/{self.n_rows:,} {self._noun}"
 
 
 class _Piece:
