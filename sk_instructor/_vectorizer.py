@@ -22,6 +22,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _params as params
 from ._cache import resolve_cache
+from ._cache.keys import KeySettings
+from ._engine.checkpoint import CheckpointSummary, summarize_model
+from ._engine.device import dtype_name, resolve_device
+from ._engine.lookup import CacheLookup
 from ._input import TextColumn, describe_rows, read_text_column
 from ._instruction import format_instruction
 from ._params import DEFAULTS
@@ -227,7 +231,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ndarray of shape (n_texts, embedding_dim_), float32
             One row per text.
         """
-        return self._embed(self._fit(X))
+        return self._embed(self._fit(X, load=False))
 
     def transform(self, X: Any) -> np.ndarray:
         """Embed each text of ``X``.
@@ -294,8 +298,6 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         # resolved again when the recorded one is missing here.
         recorded = state.get("device_")
         if recorded is not None and not recorded.startswith("cpu"):
-            from ._engine.device import resolve_device
-
             try:
                 resolve_device(recorded)
             except ValueError:
@@ -308,7 +310,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 self.device_ = fallback
 
     # -- internals -----------------------------------------------------------------------------
-    def _fit(self, X: Any) -> TextColumn:
+    def _fit(self, X: Any, *, load: bool = True) -> TextColumn:
         column = self._read(X)
         if not column.texts:
             raise ValueError(
@@ -322,9 +324,12 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.n_features_in_ = 1
         # A bad template fails here, at fit, like every other invalid parameter.
         self.instruction_ = self._resolve_instruction()
-        from ._engine.device import resolve_device
-
         self.device_ = resolve_device(self.device)
+        if not load:
+            # fit_transform: the model is loaded only if the cache lacks a vector (the engine
+            # then checks the limits below before encoding anything).
+            self.embedding_dim_ = self._summary().embedding_dim
+            return column
         engine = self._engine()
         # A max_seq_length the encoder cannot take, or an instruction that leaves it no room for
         # text, fails here, at fit, not at the first transform.
@@ -333,6 +338,12 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             engine.check_instruction(self.instruction_, self.max_seq_length)
         self.embedding_dim_ = engine.embedding_dim
         return column
+
+    def _summary(self) -> CheckpointSummary:
+        """What the checkpoint's files say, read without loading the model."""
+        return summarize_model(
+            self.model, revision=self.revision, local_files_only=self.local_files_only
+        )
 
     def _read(self, X: Any) -> TextColumn:
         return read_text_column(X, per_row_instructions=self.per_row_instructions)
@@ -393,15 +404,20 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     def _embed(self, column: TextColumn, *, progress: Any = None) -> np.ndarray:
         texts = column.texts
         rows = self._rows_to_encode(column)
-        engine = self._engine()
-        output = np.zeros((len(texts), engine.embedding_dim), dtype=np.float32)
+        output = np.zeros((len(texts), self.embedding_dim_), dtype=np.float32)
         if len(rows) == 0:
             return output
         instructions = column.instructions or [self.instruction_] * len(texts)
         instructions = [instructions[i] for i in rows]
         texts = [texts[i] if texts[i] is not None else "" for i in rows]
+        cache = resolve_cache(self.cache)
         with self._bar(instructions, texts, progress) as progress:
-            output[rows] = engine.encode(
+            lookup = self._look_up(instructions, texts, cache, progress)
+            if lookup is not None and lookup.complete:
+                # Every vector is in the cache: the model is not even loaded.
+                output[rows] = lookup.result()
+                return output
+            output[rows] = self._engine().encode(
                 instructions,
                 texts,
                 batch_size=self.batch_size,
@@ -409,10 +425,37 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 long_text=self.long_text,
                 chunk_overlap=self.chunk_overlap,
                 normalize=self.normalize,
-                cache=resolve_cache(self.cache),
+                cache=cache,
                 progress=progress,
+                lookup=lookup,
             )
         return output
+
+    def _look_up(self, instructions, texts, cache, progress) -> CacheLookup | None:
+        """What ``cache`` holds for these texts, found from the checkpoint's files alone.
+
+        The keys are the engine's own (same fingerprint, limit, dtype and pooling, read from
+        the same files), so a second process on a disk cache answers without loading the
+        model. Chunked texts are keyed by their chunks, which only the tokenizer can cut.
+        """
+        if cache is None or self.long_text != "truncate":
+            return None
+        summary = self._summary()
+        settings = KeySettings(
+            model_fingerprint=summary.fingerprint,
+            max_seq_length=self.max_seq_length or summary.max_seq_length,
+            dtype=dtype_name(self.dtype, self.device_, summary.model_type),
+            normalize=bool(self.normalize),
+            pooling=summary.pooling,
+        )
+        return CacheLookup(
+            instructions,
+            texts,
+            embedding_dim=summary.embedding_dim,
+            cache=cache,
+            settings=settings,
+            progress=progress,
+        )
 
     def _fit_embed_chunks(self, X: Any) -> ChunkedEmbeddings:
         """Fit, then embed ``X`` as chunks, whatever ``long_text`` says (the retriever's index).

@@ -212,8 +212,12 @@ def embedding_sum(estimator, X, y):
 
 
 def _run_grid_search(tiny_t5_path, tiny_t5_safetensors_path, n_jobs):
+    # No cache: every searched value must reach the encoder itself, not an earlier test's vector.
     pipeline = Pipeline(
-        [("vectorizer", InstructorVectorizer(tiny_t5_path)), ("classifier", LogisticRegression())]
+        [
+            ("vectorizer", InstructorVectorizer(tiny_t5_path, cache=None)),
+            ("classifier", LogisticRegression()),
+        ]
     )
     search = GridSearchCV(
         pipeline,

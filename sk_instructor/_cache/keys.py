@@ -15,6 +15,8 @@ import stat
 import struct
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,7 +24,13 @@ import numpy as np
 
 from .._exceptions import CheckpointError
 
-__all__ = ["CACHE_FORMAT_VERSION", "FINGERPRINT_VERSION", "fingerprint_folder", "make_key"]
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "FINGERPRINT_VERSION",
+    "KeySettings",
+    "fingerprint_folder",
+    "make_key",
+]
 
 # Part of every key: bump it whenever the meaning of a stored vector changes (pooling code,
 # precision, layout) so that old entries simply stop matching instead of being served.
@@ -144,6 +152,32 @@ def make_key(
     ).copy()
     digest.update(_text_field(text))
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    """Everything but the instruction and the text that shapes a vector: one key recipe.
+
+    The engine and a lookup made without the model (a warm start) key texts through the same
+    object, so that both find the same entries.
+    """
+
+    model_fingerprint: str
+    max_seq_length: int
+    dtype: str
+    normalize: bool
+    pooling: str
+
+    def keys(self, pairs: Iterable[tuple[str, str]]) -> list[str]:
+        """The key of each (instruction, text) pair."""
+        settings = {
+            "model_fingerprint": self.model_fingerprint,
+            "max_seq_length": self.max_seq_length,
+            "dtype": self.dtype,
+            "normalize": bool(self.normalize),
+            "pooling": self.pooling,
+        }
+        return [make_key(instruction=i, text=t, **settings) for i, t in pairs]
 
 
 # -- local folders ----------------------------------------------------------------------------

@@ -15,17 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._cache.keys import fingerprint_folder
 from .._exceptions import CheckpointError, ModelNotFoundError
 
 __all__ = [
     "MAX_JSON_BYTES",
+    "CheckpointSummary",
     "ResolvedModel",
     "StageSpec",
+    "checkpoint_max_seq_length",
     "inside",
+    "pooling_modes",
     "read_json",
     "read_stages",
     "regular_file",
     "resolve_model",
+    "summarize",
+    "summarize_model",
+    "transformer_configs",
 ]
 
 # No configuration file of a checkpoint comes near this (a sharded index of a large model is a
@@ -43,6 +50,18 @@ _STAGE_KINDS = {
     "Normalize": "normalize",
 }
 _TRUSTED_PACKAGES = ("sentence_transformers", "InstructorEmbedding")
+
+# Config keys of the Pooling stage, in the order sentence-transformers concatenates its modes.
+_POOLING_MODE_KEYS = (
+    ("cls", "pooling_mode_cls_token"),
+    ("max", "pooling_mode_max_tokens"),
+    ("mean", "pooling_mode_mean_tokens"),
+    ("mean_sqrt_len_tokens", "pooling_mode_mean_sqrt_len_tokens"),
+    ("weightedmean", "pooling_mode_weightedmean_tokens"),
+    ("lasttoken", "pooling_mode_lasttoken"),
+)
+# A tokenizer without a limit says so with a huge model_max_length (transformers' 1e30).
+_NO_LIMIT = 1_000_000
 
 # Files a hub download never needs: other frameworks' weights and exports.
 _HUB_IGNORE_PATTERNS = [
@@ -142,6 +161,143 @@ def _file_kind(mode: int) -> str:
         if test(mode):
             return kind
     return "not a plain file"
+
+
+def transformer_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``config.json`` and ``sentence_bert_config.json`` of a Transformer stage, validated."""
+    config = read_json(folder / "config.json", what="Transformer stage")
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise CheckpointError(f"{folder / 'config.json'} has no 'model_type' string.")
+    sbert_path = folder / "sentence_bert_config.json"
+    sbert = read_json(sbert_path, what="Transformer stage") if sbert_path.exists() else {}
+    if not isinstance(sbert, dict):
+        raise CheckpointError(f"{sbert_path} must hold a JSON object.")
+    max_len = sbert.get("max_seq_length")
+    if max_len is not None and (not isinstance(max_len, int) or max_len < 2):
+        raise CheckpointError(f"{sbert_path}: max_seq_length must be an integer >= 2.")
+    return config, sbert
+
+
+def checkpoint_max_seq_length(folder: Path) -> int:
+    """The token limit a checkpoint declares: ``sentence_bert_config.json``'s, else the least of
+    the tokenizer's ``model_max_length`` and the position table, else 512.
+
+    Read from the files alone, so that the cache keys of a model that is not loaded (a warm
+    start) and of a loaded one are the same.
+    """
+    config, sbert = transformer_configs(folder)
+    if sbert.get("max_seq_length") is not None:
+        return int(sbert["max_seq_length"])
+    limits = [config.get("max_position_embeddings")]
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.exists():
+        settings = read_json(tokenizer_config, what="tokenizer")
+        if isinstance(settings, dict):
+            limits.append(settings.get("model_max_length"))
+    limits = [
+        value
+        for value in limits
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_LIMIT
+    ]
+    return min(limits) if limits else 512
+
+
+def pooling_modes(folder: Path) -> tuple[tuple[str, ...], int | None]:
+    """The modes a Pooling stage folder enables, and its ``word_embedding_dimension``."""
+    path = folder / "config.json"
+    config = read_json(path, what="Pooling stage")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object.")
+    # Newer sentence-transformers versions may write a single "pooling_mode" string instead.
+    single = config.get("pooling_mode")
+    if isinstance(single, str):
+        known = {mode for mode, _ in _POOLING_MODE_KEYS} | {"mean_sqrt_len"}
+        if single not in known:
+            raise CheckpointError(f"{path}: unknown pooling_mode {single!r}.")
+        modes: tuple[str, ...] = ("mean_sqrt_len_tokens" if single == "mean_sqrt_len" else single,)
+    else:
+        modes = tuple(mode for mode, key in _POOLING_MODE_KEYS if config.get(key))
+    if not modes:
+        raise CheckpointError(f"{path} enables no pooling mode.")
+    width = config.get("word_embedding_dimension")
+    return modes, width if isinstance(width, int) else None
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """What a checkpoint's files say about the vectors it gives, read without loading it.
+
+    Attributes
+    ----------
+    fingerprint : str
+        Names the weights (see :class:`ResolvedModel`).
+    model_type : str
+        ``config.json``'s ``model_type``.
+    max_seq_length : int
+        The checkpoint's token limit (:func:`checkpoint_max_seq_length`).
+    pooling : str
+        The pooling modes, e.g. ``"mean"`` or ``"cls+mean"``.
+    embedding_dim : int
+        The width of a vector: the last Dense stage's ``out_features``, else the pooled width.
+    """
+
+    fingerprint: str
+    model_type: str
+    max_seq_length: int
+    pooling: str
+    embedding_dim: int
+
+
+def summarize(folder: Path, fingerprint: str) -> CheckpointSummary:
+    """Read a checkpoint's :class:`CheckpointSummary` from its JSON files (no torch)."""
+    stages = read_stages(folder)
+    config, _ = transformer_configs(stages[0].folder)
+    width = next(
+        (config[name] for name in ("d_model", "hidden_size", "n_embd", "dim") if name in config),
+        None,
+    )
+    pooling = ""
+    for stage in stages[1:]:
+        if stage.kind == "pooling":
+            modes, declared = pooling_modes(stage.folder)
+            pooling = "+".join(modes)
+            width = (declared or width or 0) * len(modes)
+        elif stage.kind == "dense":
+            dense = read_json(stage.folder / "config.json", what="Dense stage")
+            width = dense.get("out_features", width) if isinstance(dense, dict) else width
+    if not isinstance(width, int) or width < 1:
+        raise CheckpointError(f"{folder}: its configs do not say how wide its vectors are.")
+    return CheckpointSummary(
+        fingerprint=fingerprint,
+        model_type=config["model_type"],
+        max_seq_length=checkpoint_max_seq_length(stages[0].folder),
+        pooling=pooling,
+        embedding_dim=width,
+    )
+
+
+# Hub snapshots never change under a commit: their summary is read once per process.
+_HUB_SUMMARIES: dict[tuple[str, str | None], CheckpointSummary] = {}
+
+
+def summarize_model(
+    model: str | os.PathLike[str], *, revision: str | None = None, local_files_only: bool = False
+) -> CheckpointSummary:
+    """The :class:`CheckpointSummary` of a model parameter (a local folder or a hub id).
+
+    A local folder's fingerprint is taken from its files now (memoized while they do not
+    change), so a folder saved over is described as it is, not as it was.
+    """
+    name = os.fspath(model)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        folder = local.resolve()
+        return summarize(folder, fingerprint_folder(folder))
+    key = (name, revision)
+    if key not in _HUB_SUMMARIES:
+        resolved = resolve_model(name, revision=revision, local_files_only=local_files_only)
+        _HUB_SUMMARIES[key] = summarize(resolved.folder, resolved.fingerprint)
+    return _HUB_SUMMARIES[key]
 
 
 def read_stages(folder: Path) -> list[StageSpec]:

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._cache.keys import fingerprint_folder, make_key
+from .._cache.keys import KeySettings, fingerprint_folder
 from .._exceptions import CheckpointError
 from .._warnings import warn
 from .batching import DEFAULT_TOKEN_BUDGET, plan_batches
-from .checkpoint import ResolvedModel, read_stages
+from .checkpoint import ResolvedModel, read_stages, summarize
 from .chunking import (
     DEFAULT_CHUNK_OVERLAP,
     ChunkedEmbeddings,
@@ -31,6 +31,7 @@ from .chunking import (
     plan_chunks,
     text_window,
 )
+from .lookup import CacheLookup
 from .stages import STAGE_TYPES, Features, LoadSettings
 from .stages.normalize import Normalize
 from .stages.pooling import Pooling
@@ -93,6 +94,14 @@ class EmbeddingModel:
                 f"the files of {resolved.folder} kept changing while they were read; load the "
                 f"model again once they are written."
             )
+        # What the files say, read without loading, must be what was loaded: a lookup made
+        # from it before loading (a warm start) then keys exactly what the engine would.
+        summary = summarize(resolved.folder, after)
+        if summary.embedding_dim != width:
+            raise CheckpointError(
+                f"{resolved.folder}: its configs describe {summary.embedding_dim}-dimensional "
+                f"vectors, but its stages give {width}."
+            )
         self.transformer: Transformer = stages[0]
         self._pooling: Pooling = next(stage for stage in stages if isinstance(stage, Pooling))
         # The chain after the encoder, with the checkpoint's Normalize stages taken out:
@@ -146,6 +155,7 @@ class EmbeddingModel:
         progress: Any = None,
         long_text: str = "truncate",
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+        lookup: CacheLookup | None = None,
     ) -> np.ndarray:
         """Embed ``texts[i]`` under ``instructions[i]``; returns float32 ``(n, embedding_dim)``.
 
@@ -159,6 +169,10 @@ class EmbeddingModel:
         ``long_text="truncate"`` cuts a pair longer than ``max_seq_length`` tokens (with a
         warning); ``"chunk"`` embeds its overlapping chunks instead (:meth:`encode_chunks`) and
         returns their mean weighted by text tokens, unit length if ``normalize``.
+
+        ``lookup`` is the :class:`CacheLookup` of these same pairs made before the model was
+        loaded (a warm start that found some vectors): the engine encodes what it lacks
+        instead of asking the cache again.
         """
         if long_text == "chunk":
             chunks = self.encode_chunks(
@@ -186,26 +200,18 @@ class EmbeddingModel:
 
         for instruction in set(instructions):
             self._tokenizer.check_room_for_text(instruction, max_len)
-        # Deduplicate: the instruction and the stripped text fully determine the model input.
-        unique_index: dict[tuple[str, str], int] = {}
-        inverse = np.empty(n_rows, dtype=np.int64)
-        for row, (instruction, text) in enumerate(zip(instructions, texts, strict=True)):
-            inverse[row] = unique_index.setdefault((instruction, text.strip()), len(unique_index))
-        pairs = list(unique_index)
-        unique_vectors = np.zeros((len(pairs), self.embedding_dim), dtype=np.float32)
-        counts = np.bincount(inverse, minlength=len(pairs))
-
-        todo = np.arange(len(pairs))
-        keys: list[str] | None = None
-        if cache is not None:
-            keys = self._cache_keys(pairs, max_len=max_len, normalize=normalize)
-            found = cache.get_many(keys, dim=self.embedding_dim)
-            hit = np.array([vector is not None for vector in found], dtype=bool)
-            for position in np.flatnonzero(hit):
-                unique_vectors[position] = found[position]
-            todo = np.flatnonzero(~hit)
-            if progress is not None and hit.any():
-                progress.update(int(counts[hit].sum()))
+        settings = self.key_settings(max_len, normalize)
+        if lookup is None or lookup.settings != settings or lookup.cache is not cache:
+            lookup = CacheLookup(
+                instructions,
+                texts,
+                embedding_dim=self.embedding_dim,
+                cache=cache,
+                settings=settings,
+                progress=progress,
+            )
+        pairs, unique_vectors, keys, todo = lookup.pairs, lookup.vectors, lookup.keys, lookup.todo
+        counts = lookup.counts
 
         budget = token_budget or DEFAULT_TOKEN_BUDGET.get(torch.device(self.device).type, 2048)
         n_truncated = 0
@@ -240,7 +246,7 @@ class EmbeddingModel:
                 UserWarning,
                 cause=("truncation", self.fingerprint, max_len),
             )
-        return unique_vectors[inverse]
+        return lookup.result()
 
     def encode_chunks(
         self,
@@ -314,15 +320,15 @@ class EmbeddingModel:
         return int(max_seq_length)
 
     # -- internals -----------------------------------------------------------------------------
-    def _cache_keys(self, pairs: list[tuple[str, str]], *, max_len: int, normalize: bool):
-        common = {
-            "model_fingerprint": self.fingerprint,
-            "max_seq_length": max_len,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "normalize": bool(normalize),
-            "pooling": self.pooling_description,
-        }
-        return [make_key(instruction=i, text=t, **common) for i, t in pairs]
+    def key_settings(self, max_seq_length: int, normalize: bool) -> KeySettings:
+        """How this model's vectors are keyed in a cache, at this limit and normalization."""
+        return KeySettings(
+            model_fingerprint=self.fingerprint,
+            max_seq_length=max_seq_length,
+            dtype=str(self.dtype).replace("torch.", ""),
+            normalize=bool(normalize),
+            pooling=self.pooling_description,
+        )
 
     def _prepared_blocks(self, pairs, todo: np.ndarray, max_len: int, plan):
         """Yield (unique indices, tokenized block, its batches); on an accelerator the next

@@ -13,22 +13,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..._exceptions import CheckpointError
-from ..checkpoint import read_json
+from ..checkpoint import pooling_modes
 
 if TYPE_CHECKING:
     from . import Features, LoadSettings
 
 __all__ = ["Pooling"]
-
-# Config keys in the order sentence-transformers concatenates the modes' outputs.
-_MODE_KEYS = (
-    ("cls", "pooling_mode_cls_token"),
-    ("max", "pooling_mode_max_tokens"),
-    ("mean", "pooling_mode_mean_tokens"),
-    ("mean_sqrt_len_tokens", "pooling_mode_mean_sqrt_len_tokens"),
-    ("weightedmean", "pooling_mode_weightedmean_tokens"),
-    ("lasttoken", "pooling_mode_lasttoken"),
-)
 
 
 class Pooling:
@@ -56,27 +46,11 @@ class Pooling:
     @classmethod
     def load(cls, folder: Path, *, input_dim: int | None, settings: LoadSettings) -> Pooling:
         """Read ``config.json`` of a Pooling stage folder."""
-        path = folder / "config.json"
-        config = read_json(path, what="Pooling stage")
-        if not isinstance(config, dict):
-            raise CheckpointError(f"{path} must hold a JSON object.")
-        # Newer sentence-transformers versions may write a single "pooling_mode" string instead.
-        single = config.get("pooling_mode")
-        if isinstance(single, str):
-            known = {mode for mode, _ in _MODE_KEYS} | {"mean_sqrt_len"}
-            if single not in known:
-                raise CheckpointError(f"{path}: unknown pooling_mode {single!r}.")
-            modes: tuple[str, ...] = (
-                "mean_sqrt_len_tokens" if single == "mean_sqrt_len" else single,
-            )
-        else:
-            modes = tuple(mode for mode, key in _MODE_KEYS if config.get(key))
-        if not modes:
-            raise CheckpointError(f"{path} enables no pooling mode.")
-        width = config.get("word_embedding_dimension", input_dim)
-        if width != input_dim:
+        modes, width = pooling_modes(folder)
+        if width is not None and width != input_dim:
             raise CheckpointError(
-                f"{path}: word_embedding_dimension {width} differs from the encoder's {input_dim}."
+                f"{folder / 'config.json'}: word_embedding_dimension {width} differs from the "
+                f"encoder's {input_dim}."
             )
         return cls(modes, hidden_size=input_dim)
 

@@ -16,7 +16,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
 from ..._exceptions import CheckpointError
-from ..checkpoint import read_json
+from ..checkpoint import checkpoint_max_seq_length, transformer_configs
 from ..device import resolve_dtype
 from ..tokenization import Tokenizer
 from ..weights import load_state_dict
@@ -85,7 +85,7 @@ class Transformer:
         The compute dtype depends on the architecture (T5 overflows float16), so it is resolved
         here, once ``config.json`` is read.
         """
-        config_dict, sbert = _read_configs(folder)
+        config_dict, sbert = transformer_configs(folder)
         model_type = config_dict["model_type"]
         dtype = resolve_dtype(settings.dtype, settings.device, model_type)
         state_dict = load_state_dict(folder)
@@ -115,7 +115,7 @@ class Transformer:
             )
         encoder.to(device=settings.device, dtype=dtype).eval()
         tokenizer = _load_tokenizer(folder)
-        max_seq_length = sbert.get("max_seq_length") or _default_max_length(tokenizer, config)
+        max_seq_length = checkpoint_max_seq_length(folder)
         stage = cls(
             encoder,
             Tokenizer(tokenizer, do_lower_case=bool(sbert.get("do_lower_case", False))),
@@ -148,21 +148,6 @@ class Transformer:
         )
         features["token_embeddings"] = output.last_hidden_state
         return features
-
-
-def _read_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return (``config.json``, ``sentence_bert_config.json``) of the stage, validated."""
-    config = read_json(folder / "config.json", what="Transformer stage")
-    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-        raise CheckpointError(f"{folder / 'config.json'} has no 'model_type' string.")
-    sbert_path = folder / "sentence_bert_config.json"
-    sbert = read_json(sbert_path, what="Transformer stage") if sbert_path.exists() else {}
-    if not isinstance(sbert, dict):
-        raise CheckpointError(f"{sbert_path} must hold a JSON object.")
-    max_len = sbert.get("max_seq_length")
-    if max_len is not None and (not isinstance(max_len, int) or max_len < 2):
-        raise CheckpointError(f"{sbert_path}: max_seq_length must be an integer >= 2.")
-    return config, sbert
 
 
 # config.json fields that size a network, by the names transformers' configs use for them.
@@ -233,18 +218,6 @@ def _load_tokenizer(folder: Path) -> Any:
     # 0..n-1, where the pooling mask zeroes them.
     tokenizer.padding_side = "right"
     return tokenizer
-
-
-def _default_max_length(tokenizer: Any, config: Any) -> int:
-    limits = [
-        value
-        for value in (
-            getattr(tokenizer, "model_max_length", None),
-            getattr(config, "max_position_embeddings", None),
-        )
-        if isinstance(value, int) and 0 < value < 1_000_000
-    ]
-    return min(limits) if limits else 512
 
 
 @contextlib.contextmanager
