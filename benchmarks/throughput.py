@@ -76,6 +76,7 @@ class Run:
     encode: Callable[[list[str]], np.ndarray]
     seconds: list[float] = field(default_factory=list)
     peak_bytes: list[int] = field(default_factory=list)
+    base_bytes: list[int] = field(default_factory=list)
     output: np.ndarray | None = None
 
 
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
                 synchronize()
                 run.seconds.append(time.perf_counter() - start)
             run.peak_bytes.append(memory.peak)
+            run.base_bytes.append(memory.base)
             if run.output is None:
                 run.output = output
         summary = ", ".join(f"{run.label} {run.seconds[-1]:.2f} s" for run in runs)
@@ -310,8 +312,14 @@ def main(argv: list[str] | None = None) -> None:
     # -- report ---------------------------------------------------------------------------------
     reference = next(run for run in runs if run.library == "ours" and run.dtype == "float32")
     st_reference = next(run for run in runs if run.library == "st" and run.dtype == "float32")
+    base = np.median([b for run in runs for b in run.base_bytes]) / 2**20
     print(
-        f"\n{'run':<30} {'median s':>9} {'texts/s':>8} {'tokens/s':>10} {'TFLOP/s':>8} "
+        f"\npeak MiB: the increase of {'GPU memory' if args.device.startswith('cuda') else 'RSS'}"
+        f" during a run over the level before it (median {base:.0f} MiB, every model of this "
+        f"process loaded); the run's total is that level plus its peak."
+    )
+    print(
+        f"{'run':<30} {'median s':>9} {'texts/s':>8} {'tokens/s':>10} {'TFLOP/s':>8} "
         f"{'MFU':>6} {'peak MiB':>9}  accuracy"
     )
     for run in runs:
