@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model_card = InstructionTemplate.retrieval(domain="Wikipedia")
     embedding_settings = {
-        "MiniLM, no instruction": (None, None),
+        "MiniLM, no instruction": ("", ""),
         "MiniLM, model-card instructions": (model_card.query, model_card.document),
     }
     for name, (query_instruction, document_instruction) in embedding_settings.items():
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((name, _correlations(similarity, scores), time.perf_counter() - start))
     sts_news = InstructionTemplate.sts(domain="News", text_type="document")
     for name, instruction in {
-        "MiniLM, no instruction": None,
+        "MiniLM, no instruction": "",
         f"MiniLM, {sts_news.strip()!r}": sts_news,
     }.items():
         start = time.perf_counter()

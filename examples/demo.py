@@ -240,10 +240,15 @@ def _grid_search(posts, labels, folds, common, cache, out: Path) -> dict[str, An
             ("classifier", LogisticRegression(max_iter=1000)),
         ]
     )
-    # The instruction is a hyper-parameter like any other: either given whole ("" = none) or
-    # built from the template, whose parts (here the objective) the grid can vary one by one.
+    # The instruction is a hyper-parameter like any other: either given whole ("" = none, with
+    # the template's parts cleared: beside a whole instruction they would be ignored, with a
+    # warning) or built from the template, whose parts (here the objective) the grid varies.
     param_grid = [
-        {"vectorizer__instruction": [""]},
+        {
+            "vectorizer__instruction": [""],
+            "vectorizer__domain": [None],
+            "vectorizer__text_type": ["sentence"],
+        },
         {"vectorizer__objective": list(_GRID_OBJECTIVES)},
     ]
     search = GridSearchCV(pipeline, param_grid, cv=folds)

@@ -1,4 +1,4 @@
-"""The example notebooks run top to bottom offline, and are committed without outputs.
+"""The example notebooks run top to bottom offline, and are committed with their outputs.
 
 Each notebook is executed with nbclient in a fresh kernel of *this* interpreter (the venv's), in
 a scratch working directory, so that a notebook that only works with state from someone's
@@ -25,19 +25,20 @@ def test_the_four_notebooks_are_there():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
-def test_notebook_is_committed_without_outputs(path):
+def test_notebook_is_committed_with_the_outputs_of_one_clean_run(path):
+    """So that its figures show wherever it is browsed; ``python notebooks/render.py`` makes
+    them (and ``test_notebook_runs_without_errors`` runs each one again)."""
     nbformat = pytest.importorskip("nbformat")
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
-    stale = [
-        index
-        for index, cell in enumerate(notebook.cells)
-        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
-    ]
-    assert not stale, (
-        f"{path.name}: code cells {stale} carry outputs or execution counts; clear them "
-        "(e.g. jupyter nbconvert --clear-output --inplace) before committing."
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    # Run top to bottom, once, in one fresh kernel.
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), (
+        f"{path.name}: run it again with python notebooks/render.py"
     )
+    outputs = [output for cell in code for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert any("image/png" in output.get("data", {}) for output in outputs), "no figure"
     assert notebook.metadata.kernelspec.name == "python3"
     assert "widgets" not in notebook.metadata
 

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from reference_instructor import ReferenceInstructor
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sk_instructor import InstructorRetriever, InstructorVectorizer, pair_similarity
@@ -118,3 +119,28 @@ def test_a_warning_names_the_users_code_and_is_said_once_per_cause(tiny_t5_path)
     truncations = [w for w in caught if "truncated" in str(w.message)]
     assert len(truncations) == 1
     assert truncations[0].filename == __file__
+
+
+def test_the_empty_instruction_means_none_in_every_component(tiny_t5_path, tmp_path):
+    from sk_instructor import InstructorRetriever
+    from sk_instructor._cli import main
+
+    texts = ["Dark matter halos", "A quick brown fox"]
+    plain = InstructorVectorizer(tiny_t5_path, instruction="", cache=None).fit_transform(texts)
+    reference = ReferenceInstructor(tiny_t5_path)
+    np.testing.assert_allclose(plain, [reference.embed("", text) for text in texts], atol=1e-5)
+
+    retriever = InstructorRetriever(
+        tiny_t5_path, query_instruction="", document_instruction="", cache=None
+    ).fit(texts)
+    np.testing.assert_allclose(retriever.document_embeddings_, plain, atol=1e-6)
+    np.testing.assert_allclose(retriever.embed_queries(texts), plain, atol=1e-6)
+
+    similarity = pair_similarity(texts, texts[::-1], model=tiny_t5_path, instruction_a="")
+    np.testing.assert_allclose(similarity, np.sum(plain * plain[::-1], axis=1), atol=1e-5)
+
+    source = tmp_path / "texts.csv"
+    source.write_text("text\n" + "\n".join(texts) + "\n")
+    arguments = ["embed", str(source), "-o", str(tmp_path / "out.npy"), "--instruction", ""]
+    assert main([*arguments, "--model", str(tiny_t5_path), "--no-progress"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), plain, atol=1e-6)
