@@ -98,23 +98,11 @@ class Tokenizer:
         self, instructions: list[str], texts: list[str], max_seq_length: int
     ) -> TokenizedTexts:
         """Tokenize pairs (truncating each to ``max_seq_length`` tokens), without padding."""
-        joined = [
-            self._prepare((instruction + text.strip()).strip())
-            for instruction, text in zip(instructions, texts, strict=True)
-        ]
         lengths = np.array(
             [self.instruction_length(instruction, max_seq_length) for instruction in instructions],
             dtype=np.int64,
         )
-        with self._lock:
-            batch = self._tokenizer(
-                joined,
-                truncation=True,
-                max_length=max_seq_length,
-                add_special_tokens=True,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )
+        batch = self._model_inputs(instructions, texts, max_seq_length)
         # The Rust tokenizer records what truncation cut off in each encoding's `overflowing`.
         n_truncated = sum(1 for encoding in batch.encodings if encoding.overflowing)
         return TokenizedTexts(
@@ -133,23 +121,11 @@ class Tokenizer:
     ) -> np.ndarray:
         """Whether each pair is longer than ``max_seq_length`` tokens, decided exactly as
         :meth:`tokenize` decides to truncate it (same input string, same call)."""
-        joined = [
-            self._prepare((instruction + text.strip()).strip())
-            for instruction, text in zip(instructions, texts, strict=True)
-        ]
-        with self._lock:
-            batch = self._tokenizer(
-                joined,
-                truncation=True,
-                max_length=max_seq_length,
-                add_special_tokens=True,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )
+        batch = self._model_inputs(instructions, texts, max_seq_length)
         return np.fromiter(
             (bool(encoding.overflowing) for encoding in batch.encodings),
             dtype=bool,
-            count=len(joined),
+            count=len(texts),
         )
 
     def count_tokens(self, text: str) -> int:
@@ -183,6 +159,23 @@ class Tokenizer:
         word_start = np.ones(len(words), dtype=bool)
         word_start[1:] = words[1:] != words[:-1]
         return prepared, offsets, word_start
+
+    def _model_inputs(self, instructions: list[str], texts: list[str], max_seq_length: int):
+        """The tokenizer's encoding of each model input ``(instruction + text.strip()).strip()``,
+        truncated to ``max_seq_length`` tokens (rule 1-3 of the module's docstring)."""
+        joined = [
+            self._prepare((instruction + text.strip()).strip())
+            for instruction, text in zip(instructions, texts, strict=True)
+        ]
+        with self._lock:
+            return self._tokenizer(
+                joined,
+                truncation=True,
+                max_length=max_seq_length,
+                add_special_tokens=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
 
     def _prepare(self, text: str) -> str:
         # sentence-transformers' do_lower_case applies to instruction and text alike.
