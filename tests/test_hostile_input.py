@@ -515,3 +515,38 @@ def test_retriever_refuses_a_frame_of_several_columns_naming_them(tiny_t5_path, 
             retriever.set_params(documents=SEVERAL_COLUMNS).fit(None)
         else:
             retriever.fit(["a document"]).kneighbors(SEVERAL_COLUMNS)
+
+
+class _RecordingTokenizer:
+    """A transformers tokenizer that records the length of every string it is given."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.pad_token_id = tokenizer.pad_token_id
+        self.lengths: list[int] = []
+
+    def __call__(self, texts, **options):
+        self.lengths += [len(text) for text in ([texts] if isinstance(texts, str) else texts)]
+        return self.tokenizer(texts, **options)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "alpha beta gamma " * 150_000,  # 2.5 MB of short words: the tokenizer reads a page
+        ("x" * 150 + " ") * 700,  # BERT reads each 150-letter word as one [UNK]: many pages
+    ],
+    ids=["short-words", "long-words"],
+)
+def test_a_long_text_is_tokenized_only_as_far_as_the_window_reads(minilm_path, text):
+    from transformers import AutoTokenizer
+
+    from sk_instructor._engine.tokenization import Tokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(minilm_path))
+    recording = _RecordingTokenizer(hf)
+    tokenized = Tokenizer(recording, do_lower_case=False).tokenize(["Represent: "], [text], 256)
+    whole = hf(("Represent: " + text).strip(), truncation=True, max_length=256)["input_ids"]
+    assert tokenized.input_ids == [whole] and tokenized.n_truncated == 1
+    if text.startswith("alpha"):
+        assert max(recording.lengths) < 64 * 256 + 100  # a page, not 2.5 MB

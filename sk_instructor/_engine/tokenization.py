@@ -12,6 +12,7 @@ with) are reproduced exactly, quirks included:
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,12 @@ from typing import Any
 import numpy as np
 
 __all__ = ["TokenizedTexts", "Tokenizer"]
+
+# A token of any tokenizer the package loads is rarely longer than a few characters; past 64
+# per token of the window, the rest of a text is certainly not read (and if it were, the whole
+# text is tokenized after all: see Tokenizer._model_inputs).
+_CHARACTERS_PER_TOKEN = 64
+_WHITESPACE = re.compile(r"\s")
 
 
 @dataclass
@@ -102,11 +109,9 @@ class Tokenizer:
             [self.instruction_length(instruction, max_seq_length) for instruction in instructions],
             dtype=np.int64,
         )
-        batch = self._model_inputs(instructions, texts, max_seq_length)
-        # The Rust tokenizer records what truncation cut off in each encoding's `overflowing`.
-        n_truncated = sum(1 for encoding in batch.encodings if encoding.overflowing)
+        input_ids, overflowing = self._model_inputs(instructions, texts, max_seq_length)
         return TokenizedTexts(
-            input_ids=batch["input_ids"], instruction_lengths=lengths, n_truncated=n_truncated
+            input_ids=input_ids, instruction_lengths=lengths, n_truncated=int(sum(overflowing))
         )
 
     # -- what long_text="chunk" needs (see chunking.py) ----------------------------------------
@@ -121,9 +126,9 @@ class Tokenizer:
     ) -> np.ndarray:
         """Whether each pair is longer than ``max_seq_length`` tokens, decided exactly as
         :meth:`tokenize` decides to truncate it (same input string, same call)."""
-        batch = self._model_inputs(instructions, texts, max_seq_length)
+        _, overflowing = self._model_inputs(instructions, texts, max_seq_length)
         return np.fromiter(
-            (bool(encoding.overflowing) for encoding in batch.encodings),
+            overflowing,
             dtype=bool,
             count=len(texts),
         )
@@ -160,27 +165,65 @@ class Tokenizer:
         word_start[1:] = words[1:] != words[:-1]
         return prepared, offsets, word_start
 
-    def _model_inputs(self, instructions: list[str], texts: list[str], max_seq_length: int):
-        """The tokenizer's encoding of each model input ``(instruction + text.strip()).strip()``,
-        truncated to ``max_seq_length`` tokens (rule 1-3 of the module's docstring)."""
+    def _model_inputs(
+        self, instructions: list[str], texts: list[str], max_seq_length: int
+    ) -> tuple[list[list[int]], list[bool]]:
+        """The token ids of each model input ``(instruction + text.strip()).strip()``, cut to
+        ``max_seq_length`` tokens (rules 1-3 of the module's docstring), and whether each was
+        longer.
+
+        A model input far longer than the window is tokenized only up to the first whitespace
+        past ``_CHARACTERS_PER_TOKEN`` characters per token of the window: tokenizers split
+        words at whitespace before anything else, so the tokens before such a cut are the
+        tokens of the whole text, and a 20 MB text costs what a page costs. Where the cut
+        text does not fill the window after all (a run of very long words), the whole text is
+        tokenized, so the ids are always those of the whole input.
+        """
         joined = [
             self._prepare((instruction + text.strip()).strip())
             for instruction, text in zip(instructions, texts, strict=True)
         ]
+        limit = _CHARACTERS_PER_TOKEN * max_seq_length
+        inputs = [_cut_at_whitespace(text, limit) for text in joined]
+        input_ids, overflowing = self._encode(inputs, max_seq_length)
+        # Cut, yet not filling the window: the cut may have removed tokens it would read.
+        cut_short = [
+            row
+            for row, text in enumerate(inputs)
+            if text is not joined[row] and not overflowing[row]
+        ]
+        if cut_short:
+            ids, over = self._encode([joined[row] for row in cut_short], max_seq_length)
+            for row, row_ids, row_over in zip(cut_short, ids, over, strict=True):
+                input_ids[row], overflowing[row] = row_ids, row_over
+        return input_ids, overflowing
+
+    def _encode(self, inputs: list[str], max_seq_length: int) -> tuple[list[list[int]], list[bool]]:
         with self._lock:
-            return self._tokenizer(
-                joined,
+            batch = self._tokenizer(
+                inputs,
                 truncation=True,
                 max_length=max_seq_length,
                 add_special_tokens=True,
                 return_attention_mask=False,
                 return_token_type_ids=False,
             )
+        # The Rust tokenizer records what truncation cut off in each encoding's `overflowing`.
+        return batch["input_ids"], [bool(encoding.overflowing) for encoding in batch.encodings]
 
     def _prepare(self, text: str) -> str:
         # sentence-transformers' do_lower_case applies to instruction and text alike.
         text = text.lower() if self._do_lower_case else text
         return text if text.isascii() else _replace_lone_surrogates(text)
+
+
+def _cut_at_whitespace(text: str, limit: int) -> str:
+    """``text`` up to its first whitespace at or after ``limit`` characters; ``text`` itself
+    (the same object) when it is shorter or has no whitespace there."""
+    if len(text) <= limit:
+        return text
+    found = _WHITESPACE.search(text, limit)
+    return text[: found.start()] if found else text
 
 
 def _replace_lone_surrogates(text: str) -> str:
