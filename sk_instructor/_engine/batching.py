@@ -41,7 +41,8 @@ def bucket_lengths(lengths: np.ndarray | int) -> np.ndarray:
     """The padded width of a batch whose longest row has ``lengths`` tokens.
 
     The step grows with the length (a quarter of the octave, at least 8 tokens), so the padding
-    added is at most ~25% of a length and the widths up to 512 take 20 values.
+    added is under 8 tokens or under a quarter of the length, and the widths up to 512 take 20
+    values.
 
     Examples
     --------
