@@ -217,9 +217,12 @@ def test_compiled_path_equals_eager(tiny_t5_path):
     graphs = counters["stats"]["unique_graphs"] - graphs_before
     lengths = compiled._tokenizer.tokenize(instructions, texts, 64).lengths
     n_widths = len(np.unique(bucket_lengths(lengths)))
-    # Compiled once per width (rows per batch are a dynamic dimension), not once per batch
-    # shape; a single-row batch may add its own graph.
-    assert 1 <= graphs <= 2 * n_widths
+    # Compiled once per width (rows per batch are a dynamic dimension, single rows run as two),
+    # not once per batch shape.
+    assert 1 <= graphs <= n_widths
+    single = compiled.encode([INSTRUCTION], [texts[5]], cache=None)
+    assert counters["stats"]["unique_graphs"] - graphs_before == graphs
+    np.testing.assert_allclose(single, got[5:6], atol=1e-5)
 
 
 _SECOND_PROCESS = textwrap.dedent(

@@ -50,9 +50,14 @@ _MODEL_TYPES = ("t5", "mt5")
 _DTYPES = (torch.float32, torch.bfloat16)
 # Different padded widths whose position bias is kept; bucketed widths stay well below.
 _BIAS_CACHE_SIZE = 64
-# torch.compile recompiles per padded width (and once more for single-row batches); its default
-# limit of 8 recompilations per function would send the remaining widths back to eager code.
+# torch.compile recompiles per padded width; its default limit of 8 recompilations per function
+# would send the remaining widths back to eager code.
 _RECOMPILE_LIMIT = 64
+# Compile the padded width as a dynamic dimension too (one graph for every width) instead of
+# one graph per width. Fewer compilations, possibly slower kernels: the issue measured 34% MFU
+# for a whole-model dynamic compile against 40% static; benchmarks/gpu_steady_state.py measures
+# both for this per-layer compile (paths "compiled" and "compiled-dynamic").
+_DYNAMIC_WIDTH = False
 
 
 def unsupported_reason(config: Any, dtype: torch.dtype) -> str | None:
@@ -224,6 +229,7 @@ class FastT5Encoder(torch.nn.Module):
         self.gated = bool(getattr(config, "is_gated_act", False))
         self.activation = _ACTIVATIONS[config.dense_act_fn]
         self.compiled = bool(compile)
+        self.dynamic_width = _DYNAMIC_WIDTH
         self._layer = _compiled_layer() if compile else encoder_layer
         self._biases: dict[tuple[int, str], torch.Tensor] = {}
         self._biases_lock = threading.Lock()
@@ -296,6 +302,11 @@ class FastT5Encoder(torch.nn.Module):
         ``attention_mask`` (bool or 0/1, ``(batch, length)``) marks the real tokens; ``None``
         means no padding. Padded positions get vectors too (pooling ignores them).
         """
+        if self.compiled and input_ids.shape[0] == 1:
+            # A one-row batch would be compiled apart (torch specializes sizes of 1): run it
+            # as two copies of itself through the graph every other batch size uses.
+            mask = None if attention_mask is None else attention_mask.expand(2, -1)
+            return self.forward(input_ids.expand(2, -1), mask)[:1]
         batch, length = input_ids.shape
         bias = self.position_bias(length)
         if attention_mask is not None:
@@ -307,11 +318,15 @@ class FastT5Encoder(torch.nn.Module):
             # One compiled graph per width: the bias always has a batch dimension.
             bias = bias.expand(batch, -1, -1, -1).contiguous()
         hidden = F.embedding(input_ids, self.embedding)
-        if self.compiled and batch > 1:
+        if self.compiled:
             # Rows per batch vary (the last batch of a width, out-of-memory halving); compile
             # them as a dynamic dimension instead of once per row count.
             torch._dynamo.mark_dynamic(hidden, 0)
             torch._dynamo.mark_dynamic(bias, 0)
+            if self.dynamic_width:
+                torch._dynamo.mark_dynamic(hidden, 1)
+                torch._dynamo.mark_dynamic(bias, 2)
+                torch._dynamo.mark_dynamic(bias, 3)
         for layer in self.layers:
             hidden = self._layer(
                 hidden,
