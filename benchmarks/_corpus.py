@@ -154,20 +154,24 @@ def model_path(name: str, work_dir: str | Path, *, tokenizer_from: str | None = 
     return folder
 
 
+def corpus_size(corpus_file: str | None = None) -> int:
+    """How many distinct texts :func:`load_corpus` can give (all of ``corpus_file``'s)."""
+    if corpus_file is not None:
+        return len(json.loads(Path(corpus_file).read_text(encoding="utf-8")))
+    n_texts = sum(len(set(texts)) for texts in _pools().values())
+    while True:  # the pools overlap a little: find the largest size that exists
+        try:
+            load_corpus(n_texts)
+            return n_texts
+        except ValueError:
+            n_texts -= 1
+
+
 def export(folder: str | Path, n_texts: int | None = None) -> None:
     """Write ``corpus.json`` (every distinct text, in corpus order) and ``tokenizer/``."""
     folder = Path(folder)
     (folder / "tokenizer").mkdir(parents=True, exist_ok=True)
-    if n_texts is None:
-        n_texts = sum(len(set(texts)) for texts in _pools().values())
-        while True:  # the pools overlap a little: find the largest size that exists
-            try:
-                texts = load_corpus(n_texts)
-                break
-            except ValueError:
-                n_texts -= 1
-    else:
-        texts = load_corpus(n_texts)
+    texts = load_corpus(corpus_size() if n_texts is None else n_texts)
     (folder / "corpus.json").write_text(json.dumps(texts), encoding="utf-8")
     source = _minilm_folder()
     if source is not None:
