@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")  # truncation warnings: long articles are cut on purpose
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    print(f"options: {vars(args)}")
 
     import torch
     import transformers
