@@ -20,7 +20,7 @@ import pytest
 import torch
 from reference_instructor import ReferenceInstructor
 
-from sk_instructor._engine.batching import bucket_lengths
+from sk_instructor._engine.batching import align_lengths, bucket_lengths
 from sk_instructor._engine.checkpoint import resolve_model
 from sk_instructor._engine.device import resolve_implementation
 from sk_instructor._engine.model import EmbeddingModel
@@ -102,27 +102,30 @@ def test_fast_engine_results_do_not_depend_on_batch_composition(tiny_t5_path):
     np.testing.assert_allclose(plain.encode(instructions, TEXTS), baseline, atol=1e-6)
 
 
-def test_fast_batches_are_padded_to_bucketed_widths(tiny_t5_path, monkeypatch):
-    model = EmbeddingModel(resolve_model(tiny_t5_path), device="cpu", implementation="fast")
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_fast_batches_are_padded_to_aligned_or_bucketed_widths(tiny_t5_path, monkeypatch, compile):
+    model = EmbeddingModel(
+        resolve_model(tiny_t5_path), device="cpu", implementation="fast", compile=compile
+    )
+    # Eager: multiples of 8. Compiled (one graph per width): a few bucketed widths.
+    expected = bucket_lengths if compile else align_lengths
     encoder = model.transformer.encoder
     seen = []
-    real_forward = encoder.forward
 
-    def spy(ids, mask):
+    def spy(ids, mask):  # records the batch, computes nothing (nothing is compiled)
         longest = int(mask.sum(dim=1).max()) if mask is not None else ids.shape[1]
         seen.append((tuple(ids.shape), longest))
-        return real_forward(ids, mask)
+        return torch.zeros(*ids.shape, encoder.embedding.shape[1])
 
     monkeypatch.setattr(encoder, "forward", spy)
-    texts = [f"{k} " + "fox " * k for k in range(1, 60)]  # up to 64 tokens (truncated)
-    _encode_quietly(model, [INSTRUCTION] * len(texts), texts, token_budget=256)
+    texts = [f"{k} " + "fox " * (3 * k) for k in range(1, 60)]  # ~10 to ~180 tokens
+    model.encode([INSTRUCTION] * len(texts), texts, token_budget=1024, max_seq_length=256)
     assert seen
     for (rows, width), longest in seen:
-        assert width == bucket_lengths(longest), (width, longest)
-        assert rows * width <= 256 or rows == 1
-    widths = {width for (_, width), _ in seen}
-    # 59 distinct lengths from ~10 to 64 tokens, in a handful of shapes.
-    assert len(widths) <= 6
+        assert width == expected(longest), (width, longest)
+        assert rows * width <= 1024 or rows == 1
+    if compile:
+        assert len({width for (_, width), _ in seen}) <= len(np.unique(expected(np.arange(257))))
 
 
 def test_bucket_widths_are_few_and_bound_the_padding():

@@ -22,7 +22,7 @@ from transformers.utils import logging as hf_logging
 
 from ..._exceptions import CheckpointError
 from ..._warnings import warn
-from ..batching import bucket_lengths
+from ..batching import align_lengths, bucket_lengths
 from ..checkpoint import checkpoint_max_seq_length, transformer_configs
 from ..device import resolve_dtype, resolve_implementation
 from ..t5_encoder import FastT5Encoder, unsupported_reason
@@ -64,8 +64,9 @@ class Transformer:
     output_dim : int
         The hidden width of the encoder.
     pad_to : callable or None
-        The width a batch is padded to from its longest row (the fast forward pads to a few
-        bucketed widths, so that compiled code is reused); ``None``: the longest row's.
+        The width a batch is padded to from its longest row: a multiple of 8 for the fast
+        forward, one of a few bucketed widths when it is compiled (so that compiled code is
+        reused); ``None``: the longest row's.
     """
 
     def __init__(
@@ -86,9 +87,9 @@ class Transformer:
         self.dtype = dtype
         self.output_dim = output_dim
         self.implementation = implementation
-        self.pad_to: Callable[[np.ndarray], np.ndarray] | None = (
-            bucket_lengths if implementation == "fast" else None
-        )
+        self.pad_to: Callable[[np.ndarray], np.ndarray] | None = None
+        if implementation == "fast":
+            self.pad_to = bucket_lengths if encoder.compiled else align_lengths
 
     @property
     def max_positions(self) -> int | None:
