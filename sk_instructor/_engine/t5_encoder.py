@@ -7,10 +7,10 @@ unfused "math" kernel (half of all GPU time on an H200), and it casts between pr
 every layer. This module computes the same function from the same weights, as an embedding
 needs it:
 
-- the relative position bias is computed once per padded width (cached) in the compute dtype,
-  and the padding is folded into it once per batch, so that every layer hands one additive
-  mask to ``scaled_dot_product_attention`` (scale 1: T5 does not scale its scores), which can
-  then take a fused kernel;
+- the relative position bias is computed once (kept for the widest batch so far) in the
+  compute dtype, and the padding is folded into it once per batch, so that every layer hands
+  one additive mask to ``scaled_dot_product_attention`` (scale 1: T5 does not scale its
+  scores), which can then take a fused kernel;
 - the query, key and value projections are one matrix product (the two input projections of
   gated feed-forward blocks too);
 - T5's layer norm is an RMS norm whose variance is computed in float32 whatever the compute
@@ -18,8 +18,9 @@ needs it:
 - the residual stream stays in the compute dtype, as in transformers.
 
 One layer is one function of tensors (:func:`encoder_layer`), the same for every layer, so that
-``torch.compile`` compiles it once per input shape and reuses it for all 24 layers (seconds of
-compilation per shape rather than the ~30-40 s of the whole network).
+``torch.compile`` compiles it once per input width and reuses it for all 24 layers: a
+24th of the graph that compiling the whole network traces (30-40 s per shape on an H200,
+issue 13).
 
 Covered: T5 and mT5 encoders with ReLU (T5 v1.0, INSTRUCTOR) or gated-GELU (T5 v1.1, mT5)
 feed-forward blocks, in float32 or bfloat16 (:func:`unsupported_reason`). Everything else runs
@@ -29,7 +30,6 @@ transformers' module.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -49,8 +49,6 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 _MODEL_TYPES = ("t5", "mt5")
 _DTYPES = (torch.float32, torch.bfloat16)
-# Different padded widths whose position bias is kept; bucketed widths stay well below.
-_BIAS_CACHE_SIZE = 64
 # torch.compile recompiles per padded width; its default limit of 8 recompilations per function
 # would send the remaining widths back to eager code.
 _RECOMPILE_LIMIT = 64
@@ -242,8 +240,7 @@ class FastT5Encoder(torch.nn.Module):
         self.compiled = bool(compile)
         self.dynamic_width = _DYNAMIC_WIDTH
         self._layer = _compiled_layer() if compile else encoder_layer
-        self._biases: dict[tuple[int, str], torch.Tensor] = {}
-        self._biases_lock = threading.Lock()
+        self._bias_table: torch.Tensor | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -287,23 +284,24 @@ class FastT5Encoder(torch.nn.Module):
         )
 
     def position_bias(self, length: int) -> torch.Tensor:
-        """The relative position bias of a width: ``(1, n_heads, L, L)`` in the compute dtype."""
-        key = (length, str(self.embedding.device))
-        bias = self._biases.get(key)
-        if bias is None:
+        """The relative position bias of a width: ``(1, n_heads, L, L)`` in the compute dtype.
+
+        It depends on key - query only, so the bias of any width is the top-left corner of a
+        wider one: one table, as wide as the widest batch so far, serves every width.
+        """
+        table = self._bias_table
+        if table is None or table.shape[-1] < length:
             buckets = relative_position_buckets(
                 length,
                 num_buckets=self.num_buckets,
                 max_distance=self.max_distance,
                 device=self.embedding.device,
             )
-            bias = F.embedding(buckets, self.position_table).permute(2, 0, 1).unsqueeze(0)
-            bias = bias.contiguous()
-            with self._biases_lock:
-                if len(self._biases) >= _BIAS_CACHE_SIZE:
-                    self._biases.clear()
-                self._biases[key] = bias
-        return bias
+            table = F.embedding(buckets, self.position_table).permute(2, 0, 1).unsqueeze(0)
+            table = self._bias_table = table.contiguous()
+        if table.shape[-1] == length:
+            return table
+        return table[:, :, :length, :length].contiguous()
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
