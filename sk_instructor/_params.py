@@ -223,6 +223,18 @@ for T5 (float16 overflows it) and float16 for other encoders on GPUs.""",
         cli={"choices": DTYPES},
     ),
     Parameter(
+        "compile",
+        False,
+        ["boolean"],
+        "bool",
+        """Compile the encoder with ``torch.compile``, for large jobs on a GPU (T5-family encoders:
+INSTRUCTOR base, large, xl; others ignore it with a warning). Each padded batch width is
+compiled the first time it is met (seconds each, about 20 widths up to 512 tokens); inductor
+keeps the compiled code on disk (``TORCHINDUCTOR_CACHE_DIR``), so later processes reuse it.
+Needs a C++ compiler on a CPU.""",
+        cli={"action": "store_true"},
+    ),
+    Parameter(
         "max_seq_length",
         None,
         [Interval(Integral, 2, None, closed="left"), None],
@@ -325,6 +337,7 @@ ENGINE = (
     "batch_size",
     "device",
     "dtype",
+    "compile",
     "max_seq_length",
     "long_text",
     "chunk_overlap",

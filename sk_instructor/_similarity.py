@@ -43,6 +43,7 @@ def pair_similarity(
     batch_size: int | None = DEFAULTS["batch_size"],
     device: str = DEFAULTS["device"],
     dtype: str = DEFAULTS["dtype"],
+    compile: bool = DEFAULTS["compile"],
     max_seq_length: int | None = DEFAULTS["max_seq_length"],
     long_text: str = DEFAULTS["long_text"],
     chunk_overlap: int = DEFAULTS["chunk_overlap"],
@@ -74,8 +75,9 @@ def pair_similarity(
     instruction_b : str or None, default=None
         Instruction for ``texts_b``; ``None`` uses ``instruction_a`` (symmetric tasks). Pass
         ``""`` for no instruction on this side only.
-    .. shared parameters:: batch_size, device, dtype, max_seq_length, long_text, chunk_overlap
-    .. shared parameters:: missing, show_progress_bar, cache, revision, local_files_only
+    .. shared parameters:: batch_size, device, dtype, compile, max_seq_length, long_text
+    .. shared parameters:: chunk_overlap, missing, show_progress_bar, cache, revision
+    .. shared parameters:: local_files_only
 
     Returns
     -------

@@ -67,8 +67,8 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ``[instruction, text, flag]`` and embed its text under its own instruction (the flag is
         ignored, as in InstructorEmbedding 1.0.1). ``instruction`` must then be None, and
         ``instruction_`` is None. Without it, such rows are refused.
-    .. shared parameters:: batch_size, device, dtype, max_seq_length, long_text, chunk_overlap
-    .. shared parameters:: normalize, missing, show_progress_bar, cache, revision
+    .. shared parameters:: batch_size, device, dtype, compile, max_seq_length, long_text
+    .. shared parameters:: chunk_overlap, normalize, missing, show_progress_bar, cache, revision
     .. shared parameters:: local_files_only
 
     Attributes
@@ -165,6 +165,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         batch_size: int | None = DEFAULTS["batch_size"],
         device: str = DEFAULTS["device"],
         dtype: str = DEFAULTS["dtype"],
+        compile: bool = DEFAULTS["compile"],
         max_seq_length: int | None = DEFAULTS["max_seq_length"],
         long_text: str = DEFAULTS["long_text"],
         chunk_overlap: int = DEFAULTS["chunk_overlap"],
@@ -185,6 +186,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
+        self.compile = compile
         self.max_seq_length = max_seq_length
         self.long_text = long_text
         self.chunk_overlap = chunk_overlap
@@ -399,6 +401,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             device=getattr(self, "device_", self.device),
             dtype=self.dtype,
             local_files_only=self.local_files_only,
+            compile=self.compile,
         )
 
     def _embed(self, column: TextColumn, *, progress: Any = None) -> np.ndarray:

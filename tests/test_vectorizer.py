@@ -174,6 +174,7 @@ def test_engine_parameters_reach_the_registry_and_the_encoder(tiny_t5_path, monk
         revision="v1.0",
         local_files_only=True,
         dtype="float32",
+        compile=True,
         device="cpu",
         batch_size=2,
         max_seq_length=64,
@@ -188,6 +189,7 @@ def test_engine_parameters_reach_the_registry_and_the_encoder(tiny_t5_path, monk
         "device": "cpu",
         "dtype": "float32",
         "local_files_only": True,
+        "compile": True,
     }
     assert encode_calls[-1]["batch_size"] == 2
     assert encode_calls[-1]["max_seq_length"] == 64
@@ -201,6 +203,7 @@ def test_engine_parameters_reach_the_registry_and_the_encoder(tiny_t5_path, monk
         ("batch_size", 0),
         ("batch_size", 2.5),
         ("dtype", "float8"),
+        ("compile", "yes"),
         ("max_seq_length", 1),
         ("normalize", "yes"),
         ("missing", "drop"),

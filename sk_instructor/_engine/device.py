@@ -1,7 +1,8 @@
-"""Choice of torch device and compute precision.
+"""Choice of torch device, compute precision and encoder implementation.
 
 Kept apart from the engine because the rules are policy, not mechanics: which accelerator to
-prefer, and which dtype each encoder family survives in.
+prefer, which dtype each encoder family survives in, and where our own encoder forward replaces
+transformers'.
 
 Unlike the rest of the engine, this module does not import torch at its top: an estimator
 asks for its device at fit, and when every vector it needs is in the cache (a warm start),
@@ -21,9 +22,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DTYPE_NAMES", "dtype_name", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "DTYPE_NAMES",
+    "IMPLEMENTATIONS",
+    "dtype_name",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_implementation",
+]
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+IMPLEMENTATIONS = ("auto", "fast", "transformers")
 
 # Encoder families whose activations overflow float16 (values past 65504 in the feed-forward
 # blocks): they get bfloat16 on accelerators instead.
@@ -112,3 +121,28 @@ def _torch_is_cpu_only() -> bool:
     return all(
         re.search(rf"^{name}\s*(?::[^=\n]*)?=\s*None\s*$", build, re.M) for name in ("cuda", "hip")
     )
+
+
+def resolve_implementation(
+    requested: str, *, device: str, unsupported: str | None, compile: bool
+) -> str:
+    """Which encoder forward runs: ``"fast"`` (ours, ``t5_encoder.py``) or ``"transformers"``.
+
+    ``"auto"`` takes the fast forward where it covers the checkpoint (``unsupported`` is
+    ``None``) and either the device is a CUDA GPU, which it is built for (its speed there is
+    measured by ``benchmarks/gpu_check.sh``), or ``compile`` was asked for (what is compiled is
+    the fast forward). On the CPU, transformers' module stays the default the CPU benchmarks
+    measured. ``"fast"`` forces it (tests, benchmarks) and fails where it does not
+    apply; ``"transformers"`` forces transformers' module.
+    """
+    if requested not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation={requested!r}: use one of {IMPLEMENTATIONS}.")
+    if requested == "transformers":
+        return requested
+    if unsupported is not None:
+        if requested == "fast":
+            raise ValueError(f"the fast encoder does not cover this checkpoint: {unsupported}.")
+        return "transformers"
+    if requested == "fast" or compile or device.split(":")[0] == "cuda":
+        return "fast"
+    return "transformers"

@@ -77,10 +77,14 @@ class EmbeddingModel:
         device: str,
         dtype: str = "auto",
         pipelined: bool | None = None,
+        implementation: str = "auto",
+        compile: bool = False,
     ) -> None:
         self.device = device
         self._resolved = resolved
-        settings = LoadSettings(device=device, dtype=dtype)
+        settings = LoadSettings(
+            device=device, dtype=dtype, implementation=implementation, compile=compile
+        )
         # The fingerprint names exactly the weights loaded: it is taken before and after
         # reading them, and a folder rewritten in between is read again.
         for _ in range(_LOAD_ATTEMPTS):
@@ -112,6 +116,7 @@ class EmbeddingModel:
         self.dtype: torch.dtype = self.transformer.dtype
         self.model_type = self.transformer.model_type
         self.max_seq_length = self.transformer.max_seq_length
+        self.implementation = self.transformer.implementation
         self._tokenizer = self.transformer.tokenizer
         self.fingerprint: str = after
         # On an accelerator the CPU works ahead: it tokenizes the next block in a thread and
@@ -217,7 +222,12 @@ class EmbeddingModel:
         n_truncated = 0
 
         def plan(lengths: np.ndarray) -> list[np.ndarray]:
-            return plan_batches(lengths, token_budget=budget, max_batch_size=batch_size)
+            return plan_batches(
+                lengths,
+                token_budget=budget,
+                max_batch_size=batch_size,
+                pad_to=self.transformer.pad_to,
+            )
 
         with torch.inference_mode():
             for block, tokenized, batches in self._prepared_blocks(pairs, todo, max_len, plan):
@@ -407,6 +417,8 @@ class EmbeddingModel:
         """Pad one batch and run it through every stage; float32 vectors on the device."""
         lengths = np.fromiter((len(row_ids) for row_ids in input_ids), np.int64, len(input_ids))
         width = int(lengths.max())
+        if self.transformer.pad_to is not None:
+            width = int(self.transformer.pad_to(np.array([width]))[0])
         ids = np.full((len(input_ids), width), self._tokenizer.pad_token_id, dtype=np.int64)
         for row, row_ids in enumerate(input_ids):
             ids[row, : len(row_ids)] = row_ids

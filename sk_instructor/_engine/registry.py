@@ -1,4 +1,4 @@
-"""One loaded model per (checkpoint, revision, device, dtype) per process.
+"""One loaded model per checkpoint, revision, device, dtype and encoder forward per process.
 
 Estimators never hold a model: they ask here by their parameters on each call. Clones made by
 GridSearchCV, unpickled estimators and every other component share the loaded weights, and
@@ -32,14 +32,21 @@ def get_model(
     device: str = "auto",
     dtype: str = "auto",
     local_files_only: bool = False,
+    compile: bool = False,
+    implementation: str = "auto",
 ) -> EmbeddingModel:
-    """Return the shared :class:`EmbeddingModel`, loading it on first use."""
+    """Return the shared :class:`EmbeddingModel`, loading it on first use.
+
+    ``compile`` is the user's parameter (``_params.py``); ``implementation`` (``"auto"``,
+    ``"fast"``, ``"transformers"``, see ``device.resolve_implementation``) is for tests and
+    benchmarks that force one encoder forward.
+    """
     resolved_device = resolve_device(device)
     name = os.fspath(model)
     local = Path(name).expanduser()
     if local.is_dir():
         name = str(local.resolve())
-    key = (name, revision, resolved_device, dtype)
+    key = (name, revision, resolved_device, dtype, implementation, bool(compile))
     loaded = _MODELS.get(key)
     # A local folder saved over (a fine-tune written to the same place) is loaded again: a
     # model is served only while its files still hold the weights that were loaded.
@@ -53,7 +60,13 @@ def get_model(
         loaded = _MODELS.get(key)
         if loaded is None or not loaded.is_current():
             resolved = resolve_model(name, revision=revision, local_files_only=local_files_only)
-            loaded = EmbeddingModel(resolved, device=resolved_device, dtype=dtype)
+            loaded = EmbeddingModel(
+                resolved,
+                device=resolved_device,
+                dtype=dtype,
+                implementation=implementation,
+                compile=bool(compile),
+            )
             _MODELS[key] = loaded
     return loaded
 

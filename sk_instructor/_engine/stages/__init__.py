@@ -40,10 +40,14 @@ Features = dict[str, torch.Tensor | None]
 
 @dataclass(frozen=True)
 class LoadSettings:
-    """What every stage may need to know to load: where it runs, and the requested dtype."""
+    """What every stage may need to know to load: where it runs, the requested dtype, and for
+    the encoder which implementation runs it (see ``device.resolve_implementation``) and
+    whether it is compiled."""
 
     device: str
     dtype: str = "auto"
+    implementation: str = "auto"
+    compile: bool = False
 
 
 class Stage(Protocol):

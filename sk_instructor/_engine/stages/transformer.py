@@ -2,22 +2,30 @@
 
 Loads only what the checkpoint's own files describe, through transformers' classes for known
 architectures: ``trust_remote_code`` is never enabled, so a checkpoint cannot bring code along.
+Where our inference forward covers the architecture (T5 family, ``t5_encoder.py``) and the
+policy selects it (``device.resolve_implementation``), it takes over the loaded weights and
+transformers' module is let go.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import transformers
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
 from ..._exceptions import CheckpointError
+from ..._warnings import warn
+from ..batching import align_lengths, bucket_lengths
 from ..checkpoint import checkpoint_max_seq_length, transformer_configs
-from ..device import resolve_dtype
+from ..device import resolve_dtype, resolve_implementation
+from ..t5_encoder import FastT5Encoder, unsupported_reason
 from ..tokenization import Tokenizer
 from ..weights import load_state_dict
 
@@ -40,8 +48,10 @@ class Transformer:
 
     Attributes
     ----------
-    encoder : transformers.PreTrainedModel
+    encoder : transformers.PreTrainedModel or FastT5Encoder
         The network, in eval mode on its device, in the compute dtype.
+    implementation : {"transformers", "fast"}
+        Which forward runs: transformers' module or ours (``t5_encoder.py``).
     tokenizer : Tokenizer
         The checkpoint's fast tokenizer with INSTRUCTOR's instruction rules.
     max_seq_length : int
@@ -53,6 +63,10 @@ class Transformer:
         The compute dtype the encoder runs in.
     output_dim : int
         The hidden width of the encoder.
+    pad_to : callable or None
+        The width a batch is padded to from its longest row: a multiple of 8 for the fast
+        forward, one of a few bucketed widths when it is compiled (so that compiled code is
+        reused); ``None``: the longest row's.
     """
 
     def __init__(
@@ -64,6 +78,7 @@ class Transformer:
         model_type: str,
         dtype: torch.dtype,
         output_dim: int,
+        implementation: str = "transformers",
     ) -> None:
         self.encoder = encoder
         self.tokenizer = tokenizer
@@ -71,6 +86,10 @@ class Transformer:
         self.model_type = model_type
         self.dtype = dtype
         self.output_dim = output_dim
+        self.implementation = implementation
+        self.pad_to: Callable[[np.ndarray], np.ndarray] | None = None
+        if implementation == "fast":
+            self.pad_to = bucket_lengths if encoder.compiled else align_lengths
 
     @property
     def max_positions(self) -> int | None:
@@ -114,6 +133,24 @@ class Transformer:
                 f"{missing[:3]}: the checkpoint does not match its config.json."
             )
         encoder.to(device=settings.device, dtype=dtype).eval()
+        unsupported = unsupported_reason(config, dtype)
+        implementation = resolve_implementation(
+            settings.implementation,
+            device=settings.device,
+            unsupported=unsupported,
+            compile=settings.compile,
+        )
+        if settings.compile and implementation != "fast":
+            warn(
+                f"compile=True has no effect on this {model_type} encoder: only the T5-family "
+                f"encoder forward is compiled "
+                f"({unsupported or 'transformers implementation forced'}).",
+                UserWarning,
+                cause=("compile ignored", model_type, unsupported),
+            )
+        if implementation == "fast":
+            # The fast forward takes over the weights; transformers' module is let go.
+            encoder = FastT5Encoder.from_transformers(encoder, compile=settings.compile)
         tokenizer = _load_tokenizer(folder)
         max_seq_length = checkpoint_max_seq_length(folder)
         stage = cls(
@@ -123,6 +160,7 @@ class Transformer:
             model_type=model_type,
             dtype=dtype,
             output_dim=int(getattr(config, "d_model", None) or config.hidden_size),
+            implementation=implementation,
         )
         # The checkpoint's own limit is checked like a user's: past the position table, the
         # first long text would fail deep inside torch.
@@ -142,6 +180,9 @@ class Transformer:
         takes its unmasked kernel.
         """
         mask = features["attention_mask"]
+        if self.implementation == "fast":
+            features["token_embeddings"] = self.encoder(features["input_ids"], mask)
+            return features
         output = self.encoder(
             input_ids=features["input_ids"],
             attention_mask=None if mask is None else mask.long(),

@@ -1,0 +1,266 @@
+"""The engine on the fast T5 forward: the published rules to 1e-5, bucketed batches, policy.
+
+No GPU runs in CI, so the fast forward (the default on CUDA) is forced on the CPU here with the
+private ``implementation="fast"`` of ``get_model``; the compiled path runs through inductor's
+CPU backend. Speed is measured by ``benchmarks/gpu_check.sh``, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from reference_instructor import ReferenceInstructor
+
+from sk_instructor._engine.batching import align_lengths, bucket_lengths
+from sk_instructor._engine.checkpoint import resolve_model
+from sk_instructor._engine.device import resolve_implementation
+from sk_instructor._engine.model import EmbeddingModel
+from sk_instructor._engine.registry import get_model
+from sk_instructor._engine.t5_encoder import FastT5Encoder
+
+# A truncated text (the tiny checkpoint keeps 64 tokens), a one-token instruction ("the"), no
+# instruction, an empty text, unicode, stray whitespace.
+CASES = [
+    ("Represent the Science title: ", "3D ActionSLAM: wearable person tracking"),
+    ("Represent the Wikipedia document for retrieval: ", "The river bank is near the station."),
+    ("Represent the Medicine sentence for clustering: ", "  Patients monitor blood sugar.  "),
+    ("the ", "A one-token instruction keeps every token in the pool."),
+    ("", "No instruction at all."),
+    ("Represent the Science title: ", "Ünïcödé — 東京 🚀 émojis and accents"),
+    ("Represent the Science title: ", ""),
+    ("Represent the Financial statement for classification: ", "word " * 200),
+]
+# 40 texts of 10 to ~50 tokens (the tiny checkpoint keeps 64).
+TEXTS = [f"station {k} " + "river bank fox " * (k % 7) for k in range(40)]
+INSTRUCTION = "Represent the sentence for retrieval: "
+
+
+def _encode_quietly(model, instructions, texts, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # truncation warnings: long texts are cut on purpose
+        return model.encode(instructions, texts, **kwargs)
+
+
+@pytest.fixture(scope="module", params=["bin", "safetensors"])
+def checkpoint(request, tiny_t5_path, tiny_t5_safetensors_path):
+    return tiny_t5_path if request.param == "bin" else tiny_t5_safetensors_path
+
+
+@pytest.fixture(scope="module")
+def large_shaped_path(tmp_path_factory):
+    """instructor-large's layer shape (d_model 1024, 16 heads, d_ff 4096, Dense to 768), two
+    layers instead of 24."""
+    from checkpoints import build_t5_checkpoint
+
+    return build_t5_checkpoint(
+        tmp_path_factory.mktemp("large_shaped"),
+        d_model=1024,
+        num_layers=2,
+        num_heads=16,
+        d_ff=4096,
+        dense_out=768,
+        weights="safetensors",
+    )
+
+
+def test_fast_engine_equals_the_rules_reference(checkpoint):
+    reference = ReferenceInstructor(checkpoint)
+    expected = np.stack([reference.embed(i, t) for i, t in CASES])
+    model = get_model(checkpoint, device="cpu", implementation="fast")
+    assert isinstance(model.transformer.encoder, FastT5Encoder)
+    got = _encode_quietly(model, [i for i, _ in CASES], [t for _, t in CASES])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_fast_engine_equals_the_rules_reference_at_instructor_large_width(large_shaped_path):
+    reference = ReferenceInstructor(large_shaped_path)
+    expected = np.stack([reference.embed(i, t) for i, t in CASES])
+    model = get_model(large_shaped_path, device="cpu", implementation="fast")
+    got = _encode_quietly(model, [i for i, _ in CASES], [t for _, t in CASES])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_fast_engine_results_do_not_depend_on_batch_composition(tiny_t5_path):
+    model = get_model(tiny_t5_path, device="cpu", implementation="fast")
+    instructions = [INSTRUCTION] * len(TEXTS)
+    baseline = model.encode(instructions, TEXTS, batch_size=1)
+    for batch_size, budget in ((3, None), (None, 64), (None, 300), (None, 100_000)):
+        got = model.encode(instructions, TEXTS, batch_size=batch_size, token_budget=budget)
+        np.testing.assert_allclose(got, baseline, atol=1e-6)
+    # And the fast forward agrees with transformers' on the same engine path.
+    plain = get_model(tiny_t5_path, device="cpu", implementation="transformers")
+    np.testing.assert_allclose(plain.encode(instructions, TEXTS), baseline, atol=1e-6)
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_fast_batches_are_padded_to_aligned_or_bucketed_widths(tiny_t5_path, monkeypatch, compile):
+    model = EmbeddingModel(
+        resolve_model(tiny_t5_path), device="cpu", implementation="fast", compile=compile
+    )
+    # Eager: multiples of 8. Compiled (one graph per width): a few bucketed widths.
+    expected = bucket_lengths if compile else align_lengths
+    encoder = model.transformer.encoder
+    seen = []
+
+    def spy(ids, mask):  # records the batch, computes nothing (nothing is compiled)
+        longest = int(mask.sum(dim=1).max()) if mask is not None else ids.shape[1]
+        seen.append((tuple(ids.shape), longest))
+        return torch.zeros(*ids.shape, encoder.embedding.shape[1])
+
+    monkeypatch.setattr(encoder, "forward", spy)
+    texts = [f"{k} " + "fox " * (3 * k) for k in range(1, 60)]  # ~10 to ~180 tokens
+    model.encode([INSTRUCTION] * len(texts), texts, token_budget=1024, max_seq_length=256)
+    assert seen
+    for (rows, width), longest in seen:
+        assert width == expected(longest), (width, longest)
+        assert rows * width <= 1024 or rows == 1
+    if compile:
+        assert len({width for (_, width), _ in seen}) <= len(np.unique(expected(np.arange(257))))
+
+
+def test_bucket_widths_are_few_and_bound_the_padding():
+    lengths = np.arange(1, 513)
+    widths = bucket_lengths(lengths)
+    assert (widths >= lengths).all()
+    assert (np.diff(widths) >= 0).all()
+    assert (widths % 8 == 0).all()
+    assert len(np.unique(widths)) == 20
+    # At most one step of padding: 7 tokens up to 64, under a quarter of the length beyond.
+    assert (widths - lengths < np.maximum(8, lengths / 4)).all()
+
+
+def test_bfloat16_fast_path_stays_close_to_float32(tiny_t5_path):
+    instructions = [INSTRUCTION] * len(TEXTS)
+    high = get_model(tiny_t5_path, device="cpu", implementation="fast")
+    low = get_model(tiny_t5_path, device="cpu", dtype="bfloat16", implementation="fast")
+    assert low.dtype == torch.bfloat16
+    a, b = high.encode(instructions, TEXTS), low.encode(instructions, TEXTS)
+    assert b.dtype == np.float32
+    assert (a * b).sum(axis=1).min() >= 0.9999  # unit vectors: the dot is the cosine
+
+
+# -- which forward runs ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("requested", "device", "unsupported", "compile", "expected"),
+    [
+        ("auto", "cuda", None, False, "fast"),
+        ("auto", "cuda:1", None, False, "fast"),
+        ("auto", "cpu", None, False, "transformers"),
+        ("auto", "mps", None, False, "transformers"),
+        ("auto", "cpu", None, True, "fast"),
+        ("auto", "cuda", "model_type 'bert'", False, "transformers"),
+        ("auto", "cuda", "model_type 'bert'", True, "transformers"),
+        ("fast", "cpu", None, False, "fast"),
+        ("transformers", "cuda", None, False, "transformers"),
+    ],
+)
+def test_implementation_policy(requested, device, unsupported, compile, expected):
+    got = resolve_implementation(requested, device=device, unsupported=unsupported, compile=compile)
+    assert got == expected
+
+
+def test_forcing_the_fast_forward_where_it_does_not_apply_fails(minilm_path):
+    with pytest.raises(ValueError, match="bert"):
+        resolve_implementation("fast", device="cpu", unsupported="model_type 'bert'", compile=False)
+    with pytest.raises(ValueError, match="fast encoder does not cover"):
+        EmbeddingModel(resolve_model(minilm_path), device="cpu", implementation="fast")
+
+
+def test_cpu_default_is_transformers_module(tiny_t5_path, minilm_path):
+    assert get_model(tiny_t5_path, device="cpu").implementation == "transformers"
+    assert get_model(minilm_path, device="cpu").implementation == "transformers"
+
+
+def test_compile_on_an_uncovered_encoder_warns_and_runs_transformers(minilm_path):
+    with pytest.warns(UserWarning, match="compile=True has no effect on this bert encoder"):
+        model = EmbeddingModel(resolve_model(minilm_path), device="cpu", compile=True)
+    assert model.implementation == "transformers"
+
+
+def test_the_command_line_compile_option_reaches_the_vectorizer(monkeypatch):
+    from sk_instructor import InstructorVectorizer
+    from sk_instructor._cli.main import _build_vectorizer, build_parser
+
+    monkeypatch.setattr(InstructorVectorizer, "fit", lambda self, X, y=None: self)
+    arguments = build_parser().parse_args(["embed", "in.csv", "-o", "out.npy", "--compile"])
+    assert _build_vectorizer(arguments).get_params()["compile"] is True
+
+
+def test_pickles_from_before_the_compile_parameter_unpickle_with_its_default():
+    import pickle
+
+    folder = Path(__file__).parent / "data"
+    with open(folder / "vectorizer-0.1.0.pkl", "rb") as file:
+        vectorizer = pickle.load(file)
+    assert vectorizer.get_params()["compile"] is False
+
+
+# -- compiled ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_compiled_path_equals_eager(tiny_t5_path):
+    from torch._dynamo.utils import counters
+
+    eager = get_model(tiny_t5_path, device="cpu", implementation="fast")
+    compiled = get_model(tiny_t5_path, device="cpu", compile=True)
+    assert compiled.implementation == "fast" and compiled.transformer.encoder.compiled
+    texts = [f"{k} " + "fox river " * (k % 13) for k in range(60)]
+    instructions = [INSTRUCTION] * len(texts)
+    graphs_before = counters["stats"]["unique_graphs"]
+    got = _encode_quietly(compiled, instructions, texts, token_budget=256)
+    np.testing.assert_allclose(got, _encode_quietly(eager, instructions, texts), atol=1e-5)
+    graphs = counters["stats"]["unique_graphs"] - graphs_before
+    lengths = compiled._tokenizer.tokenize(instructions, texts, 64).lengths
+    n_widths = len(np.unique(bucket_lengths(lengths)))
+    # Compiled once per width (rows per batch are a dynamic dimension, single rows run as two),
+    # not once per batch shape.
+    assert 1 <= graphs <= n_widths
+    single = compiled.encode([INSTRUCTION], [texts[5]], cache=None)
+    assert counters["stats"]["unique_graphs"] - graphs_before == graphs
+    np.testing.assert_allclose(single, got[5:6], atol=1e-5)
+
+
+_SECOND_PROCESS = textwrap.dedent(
+    """
+    import json, sys, warnings
+    warnings.simplefilter("ignore")
+    from torch._dynamo.utils import counters
+    from sk_instructor._engine.registry import get_model
+    model = get_model(sys.argv[1], device="cpu", compile=True)
+    model.encode(["Represent the sentence: "] * 3, ["a fox", "the river bank", "a station"])
+    print(json.dumps(dict(counters["inductor"])))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_second_process_reuses_the_compiled_code(tiny_t5_path, tmp_path):
+    environment = {
+        **os.environ,
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path]),
+    }
+    runs = []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-c", _SECOND_PROCESS, str(tiny_t5_path)],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first.get("fxgraph_cache_miss", 0) >= 1
+    assert second.get("fxgraph_cache_hit", 0) >= 1
+    assert second.get("fxgraph_cache_miss", 0) == 0
