@@ -221,6 +221,9 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Fit, then embed ``X``, reading the input once.
 
+        Unlike :meth:`fit`, it looks every text up in the cache before anything loads, and
+        loads the model only if the cache lacks a vector (never, on a warm start).
+
         Parameters
         ----------
         X : list of str, 1-D array, Series, or one-column DataFrame

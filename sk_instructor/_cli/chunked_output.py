@@ -6,7 +6,7 @@ it was committed (the command line commits every ``--chunk-size`` rows or ``--co
 whichever comes first)::
 
     OUTPUT.parts/
-        manifest.json                what is being computed: input identity and vector settings
+        manifest.json                what is being computed: input signature and vector settings
         chunk-000000000000.parquet   input rows [0, n0): ids and vectors
         chunk-000000000640.parquet   input rows [640, 640 + n1), where n0 = 640
         .lock                        held while a run works here
@@ -80,7 +80,7 @@ class ChunkedOutput:
     output : path-like
         The final file, ``.parquet`` or ``.npy``; the work folder is ``OUTPUT.parts``.
     manifest : dict
-        JSON-serializable description of what is computed (input identity, everything that
+        JSON-serializable description of what is computed (input signature, everything that
         changes a vector). A run resumes only the work of a run with an equal manifest.
 
     Examples
