@@ -68,6 +68,25 @@ def test_cached_vectors_are_keyed_by_the_weights_that_computed_them(tmp_path):
     cache.close()
 
 
+def test_weights_saved_over_while_they_load_are_read_again(tmp_path, monkeypatch):
+    from sk_instructor._engine import model as engine_model
+
+    folder = _model(tmp_path, seed=0)
+    real_load, loads = engine_model._load_stages, []
+
+    def load_while_saved_over(*args, **kwargs):
+        stages = real_load(*args, **kwargs)
+        if not loads:  # a fine-tune writes the folder while the first load reads it
+            build_t5_checkpoint(folder, weights="safetensors", seed=1)
+        loads.append(1)
+        return stages
+
+    monkeypatch.setattr(engine_model, "_load_stages", load_while_saved_over)
+    vectors = InstructorVectorizer(folder, instruction=INSTRUCTION, cache=None).fit_transform(TEXTS)
+    assert len(loads) == 2
+    np.testing.assert_allclose(vectors, _reference(folder), atol=1e-5)
+
+
 # -- 2. an instruction that leaves no room for text -----------------------------------------------
 @pytest.mark.parametrize(
     ("instruction", "max_seq_length"),
