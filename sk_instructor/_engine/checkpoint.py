@@ -276,8 +276,11 @@ def summarize(folder: Path, fingerprint: str) -> CheckpointSummary:
     )
 
 
-# Hub snapshots never change under a commit: their summary is read once per process.
-_HUB_SUMMARIES: dict[tuple[str, str | None], CheckpointSummary] = {}
+# A summary is read once per fingerprint: the fingerprint covers every file it reads (and a
+# hub snapshot's commit never changes), so every transform after the first reads no JSON.
+_SUMMARIES: dict[str, CheckpointSummary] = {}
+# Hub ids already resolved to a snapshot in this process (resolving asks the hub).
+_HUB_SNAPSHOTS: dict[tuple[str, str | None], ResolvedModel] = {}
 
 
 def summarize_model(
@@ -292,12 +295,17 @@ def summarize_model(
     local = Path(name).expanduser()
     if local.is_dir():
         folder = local.resolve()
-        return summarize(folder, fingerprint_folder(folder))
-    key = (name, revision)
-    if key not in _HUB_SUMMARIES:
-        resolved = resolve_model(name, revision=revision, local_files_only=local_files_only)
-        _HUB_SUMMARIES[key] = summarize(resolved.folder, resolved.fingerprint)
-    return _HUB_SUMMARIES[key]
+        fingerprint = fingerprint_folder(folder)
+    else:
+        key = (name, revision)
+        if key not in _HUB_SNAPSHOTS:
+            _HUB_SNAPSHOTS[key] = resolve_model(
+                name, revision=revision, local_files_only=local_files_only
+            )
+        folder, fingerprint = _HUB_SNAPSHOTS[key].folder, _HUB_SNAPSHOTS[key].fingerprint
+    if fingerprint not in _SUMMARIES:
+        _SUMMARIES[fingerprint] = summarize(folder, fingerprint)
+    return _SUMMARIES[fingerprint]
 
 
 def read_stages(folder: Path) -> list[StageSpec]:
