@@ -39,6 +39,7 @@ def test_grid_search_encodes_each_distinct_instruction_text_pair_once(tiny_t5_pa
         pipeline,
         {"vectorizer__instruction": INSTRUCTIONS, "classifier__C": [0.1, 10.0]},
         cv=KFold(3, shuffle=True, random_state=0),
+        error_score="raise",
     )
     search.fit(TEXTS, LABELS)
     # 3 instructions x 30 texts, whatever the folds, grid points and the final refit do.
@@ -55,7 +56,9 @@ def test_without_cache_the_same_search_encodes_much_more(tiny_t5_path):
             ("classifier", LogisticRegression()),
         ]
     )
-    GridSearchCV(pipeline, {"vectorizer__instruction": INSTRUCTIONS[:1]}, cv=3).fit(TEXTS, LABELS)
+    GridSearchCV(
+        pipeline, {"vectorizer__instruction": INSTRUCTIONS[:1]}, cv=3, error_score="raise"
+    ).fit(TEXTS, LABELS)
     # Every fold embeds its train and test texts again, plus the refit.
     assert model.n_encoded - before == 3 * len(TEXTS) + len(TEXTS)
 

@@ -470,9 +470,10 @@ def test_grid_search_with_the_documents_parameter_works_in_chunk_mode(tiny_t5_pa
     relevant = [0, 1, 2, 3]
     search = GridSearchCV(
         InstructorRetriever(tiny_t5_path, documents=documents, long_text="chunk"),
-        {"chunk_overlap": [0, 16], "query_instruction": [None, "Represent the question: "]},
+        {"chunk_overlap": [0, 16], "query_instruction": ["", "Represent the question: "]},
         scoring=make_retrieval_scorer("mrr", k=3),
         cv=2,
+        error_score="raise",
     ).fit(queries, relevant)
     assert search.best_estimator_.n_documents_ == len(documents)
     assert clone(search.best_estimator_).get_params()["long_text"] == "chunk"

@@ -244,6 +244,7 @@ def test_scorer_drives_grid_search_with_the_standard_api():
         param_grid={"shift": [5, -2, 0]},
         scoring=make_retrieval_scorer("mrr", k=3),
         cv=KFold(n_splits=2),
+        error_score="raise",
     )
     search.fit(queries, relevant)
     np.testing.assert_allclose(search.cv_results_["mean_test_score"], [0.0, 1 / 3, 1.0])

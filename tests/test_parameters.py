@@ -112,6 +112,7 @@ def test_a_warning_names_the_users_code_and_is_said_once_per_cause(tiny_t5_path)
         make_pipeline(InstructorVectorizer(tiny_t5_path), LogisticRegression()),
         {"logisticregression__C": [0.1, 1.0]},
         cv=2,
+        error_score="raise",
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -321,6 +321,7 @@ def test_grid_search_tunes_the_instructions_with_the_standard_cv_api(tiny_t5_pat
         param_grid=GRID,
         scoring=make_retrieval_scorer("mrr", k=5),
         cv=cv,
+        error_score="raise",
     )
     search.fit(GRID_QUERIES, GRID_RELEVANT)
 
@@ -351,6 +352,7 @@ def test_grid_search_embeds_the_corpus_once_per_document_instruction(tiny_t5_pat
         param_grid=GRID,
         scoring=make_retrieval_scorer("recall", k=5),
         cv=3,
+        error_score="raise",
     )
     search.fit(GRID_QUERIES, GRID_RELEVANT)
     # 2 document instructions x 40 documents + 2 query instructions x 9 queries, although the
@@ -364,9 +366,16 @@ def test_grid_search_embeds_the_corpus_once_per_document_instruction(tiny_t5_pat
 
 def test_grid_search_without_scoring_uses_the_score_method(tiny_t5_path):
     retriever = _retriever(tiny_t5_path, documents=DOCUMENTS, n_neighbors=5)
-    scores = cross_val_score(retriever, GRID_QUERIES, GRID_RELEVANT, cv=KFold(3))
+    scores = cross_val_score(
+        retriever, GRID_QUERIES, GRID_RELEVANT, cv=KFold(3), error_score="raise"
+    )
     mrr5 = cross_val_score(
-        retriever, GRID_QUERIES, GRID_RELEVANT, cv=KFold(3), scoring=make_retrieval_scorer("mrr", 5)
+        retriever,
+        GRID_QUERIES,
+        GRID_RELEVANT,
+        cv=KFold(3),
+        scoring=make_retrieval_scorer("mrr", 5),
+        error_score="raise",
     )
     np.testing.assert_allclose(scores, mrr5)
 
@@ -431,6 +440,7 @@ def test_an_instruction_pair_is_one_parameter(tiny_t5_path):
         InstructorRetriever(tiny_t5_path, device="cpu", documents=DOCUMENTS),
         {"instructions": [pair, InstructionTemplate.retrieval("News")]},
         cv=2,
+        error_score="raise",
     ).fit(GRID_QUERIES[:4], GRID_RELEVANT[:4])
     assert search.best_params_["instructions"] in ([pair, InstructionTemplate.retrieval("News")])
 

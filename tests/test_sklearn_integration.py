@@ -113,7 +113,7 @@ def test_nearest_neighbors_on_embeddings_match_brute_force_cosine(tiny_t5_path, 
 
 def test_cross_val_score_fits_a_clone_per_fold(tiny_t5_path):
     pipeline = make_pipeline(InstructorVectorizer(tiny_t5_path), LogisticRegression())
-    scores = cross_val_score(pipeline, TEXTS, LABELS, cv=StratifiedKFold(3))
+    scores = cross_val_score(pipeline, TEXTS, LABELS, cv=StratifiedKFold(3), error_score="raise")
     assert scores.shape == (3,)
     assert np.all((scores >= 0) & (scores <= 1))
     assert not hasattr(pipeline[0], "embedding_dim_")  # the original stays unfitted
@@ -226,6 +226,7 @@ def _run_grid_search(tiny_t5_path, tiny_t5_safetensors_path, n_jobs):
         refit="accuracy",
         cv=KFold(2),
         n_jobs=n_jobs,
+        error_score="raise",
     )
     return search.fit(TEXTS, LABELS)
 
@@ -304,8 +305,9 @@ def test_minilm_logistic_regression_beats_chance_on_movie_review_polarity(minilm
         LogisticRegression(max_iter=1000),
     )
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
-    accuracy = cross_val_score(pipeline, sentences, labels, cv=cv).mean()
-    chance = cross_val_score(DummyClassifier(), sentences, labels, cv=cv).mean()
+    accuracy = cross_val_score(pipeline, sentences, labels, cv=cv, error_score="raise").mean()
+    chance = cross_val_score(DummyClassifier(), sentences, labels, cv=cv, error_score="raise")
+    chance = chance.mean()
     assert chance == pytest.approx(0.5)
     print(f"polarity: accuracy {accuracy:.3f}, chance {chance:.3f}")
     assert accuracy >= chance + 0.15, accuracy
