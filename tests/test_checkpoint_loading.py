@@ -26,7 +26,8 @@ def _load(folder: Path) -> EmbeddingModel:
 
 
 def _sentence_transformers_reference(folder: Path, texts: list[str]) -> np.ndarray:
-    sentence_transformers = pytest.importorskip("sentence_transformers")
+    import sentence_transformers
+
     model = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
     return model.encode(texts, convert_to_numpy=True)
 
@@ -223,11 +224,3 @@ def test_model_is_loaded_once_and_shared(tiny_t5_path):
     first = get_model(tiny_t5_path, device="cpu")
     assert get_model(str(tiny_t5_path), device="cpu") is first
     assert get_model(tiny_t5_path, device="cpu", dtype="float32") is not first  # other dtype key
-
-
-def test_bfloat16_on_cpu_stays_close_and_returns_float32(tiny_t5_path):
-    texts = ["A quick brown fox.", "The Federal Reserve raised rates."]
-    full = get_model(tiny_t5_path, device="cpu").encode(["", ""], texts)
-    half = get_model(tiny_t5_path, device="cpu", dtype="bfloat16").encode(["", ""], texts)
-    assert half.dtype == np.float32
-    assert np.min(np.sum(full * half, axis=1)) > 0.99

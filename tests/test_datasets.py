@@ -14,8 +14,6 @@ import pytest
 from sklearn.datasets._twenty_newsgroups import strip_newsgroup_header
 from sklearn.utils import Bunch
 
-pytest.importorskip("gensim")
-
 from sk_instructor import datasets
 from sk_instructor.datasets import (
     load_lee,

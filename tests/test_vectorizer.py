@@ -477,7 +477,6 @@ def test_progress_bar_by_default_in_a_notebook_as_text_without_ipywidgets(
 
 
 def test_progress_bar_in_a_notebook_with_ipywidgets_is_a_widget(monkeypatch):
-    pytest.importorskip("ipywidgets")
     from tqdm.notebook import tqdm as notebook_tqdm
 
     from sk_instructor._progress import Progress
