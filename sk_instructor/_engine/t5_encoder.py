@@ -4,18 +4,28 @@ transformers' ``T5EncoderModel`` serves every use of T5 (training, decoding, cac
 GPU its encoder spends most of its time outside the matrix products: it adds the relative
 position bias to the padding mask inside every layer, which sends attention to PyTorch's
 unfused "math" kernel (half of all GPU time on an H200), and it casts between precisions in
-every layer. This module computes the same function from the same weights, as an embedding
+every layer. This module computes the same network from the same weights, as an embedding
 needs it:
 
-- the relative position bias is computed once (kept for the widest batch so far) in the
-  compute dtype, and the padding is folded into it once per batch, so that every layer hands
-  one additive mask to ``scaled_dot_product_attention`` (scale 1: T5 does not scale its
-  scores), which can then take a fused kernel;
+- the relative position bias of a width is computed once, in the compute dtype, as one
+  ``(1, heads, L, L)`` tensor that every row of every batch of that width shares: no
+  ``(batch, heads, L, L)`` mask is built (:func:`encoder_layer` says how padding is kept out
+  instead), and every layer hands ``scaled_dot_product_attention`` (scale 1: T5 does not scale
+  its scores) one additive mask, which lets it take a fused kernel;
 - the query, key and value projections are one matrix product (the two input projections of
   gated feed-forward blocks too);
 - T5's layer norm is an RMS norm whose variance is computed in float32 whatever the compute
-  dtype (``torch.nn.functional.rms_norm`` does exactly that), as transformers does;
+  dtype, as transformers does, in one ``torch.nn.functional.rms_norm``, which multiplies by the
+  weight in float32 and rounds once; transformers rounds the normalised values to the compute
+  dtype first, then multiplies them by the weight in it. In bfloat16 the two differ by one unit
+  in the last place on about a quarter of the values (in float32 they are equal);
 - the residual stream stays in the compute dtype, as in transformers.
+
+What "the same" means, each by a test in ``tests/test_t5_fast_encoder.py``: in float32 the last
+hidden states equal transformers' to 1e-5 (measured: at most 1e-6; 0 at instructor-large's
+shape); in bfloat16 they are not bit-equal to transformers' bfloat16 module (the norm's
+rounding, attention kernels with other blocking) but within a per-token cosine of 0.999 of it
+and of float32 (measured: 0.9997 or more on random weights).
 
 One layer is one function of tensors (:func:`encoder_layer`), the same for every layer, so that
 ``torch.compile`` compiles it once per input width and reuses it for all 24 layers: a
@@ -57,10 +67,30 @@ _RECOMPILE_LIMIT = 64
 # for a whole-model dynamic compile against 40% static; benchmarks/gpu_steady_state.py measures
 # both for this per-layer compile (paths "compiled" and "compiled-dynamic").
 _DYNAMIC_WIDTH = False
+# How padded keys are kept out of attention. True: in the keys (see encoder_layer), so that the
+# position bias stays one (1, heads, L, L) tensor that the whole batch shares. False: folded into
+# the bias, one (batch, heads, L, L) additive mask per batch that every layer reads: 1 GiB in
+# bfloat16 at the CUDA default budget of 65,536 tokens as 128 rows x 512. Measured on the CPU,
+# one forward of two instructor-large-shaped layers, bfloat16, peak of what torch allocates
+# (`python tests/test_t5_fast_encoder.py`): 64 rows x 512, 1,480 MiB with the mask, 992 MiB in
+# the keys; 512 rows x 64, 1,024 and 984 MiB. The keys cost 8 zero rows per head in the
+# query, key and value projections (+12.5% of that matrix product, ~3% of a layer's FLOPs) and
+# heads 72 wide instead of 64, which on CUDA moves the memory-efficient kernel from its 64-wide
+# variant to its 128-wide one: what that costs against reading the mask is for
+# benchmarks/gpu_check.sh to measure (not yet). Read when an encoder is built.
+_PADDING_IN_KEYS = True
+# Columns added to each head when padding is in the keys: one carries the padding, the others
+# keep the head width a multiple of 8, which CUDA's fused attention kernels need.
+_PADDING_COLUMNS = 8
+# The score of a padded key: exp() of it minus any real score is exactly 0 in float32 and
+# bfloat16 (as with transformers' mask, the dtype's lowest value), and it stays finite when a
+# kernel scales it (by log2(e) before an exp2), so no row of scores turns into NaN.
+_PADDED_KEY_SCORE = -(2.0**64)
 # The attention kernels in order of preference. Flash attention takes no additive mask, so on a
 # GPU the choice is between the memory-efficient and the cuDNN kernel: on an H200, 512 rows x 16
-# heads x 64 x 64 with a bfloat16 bias took 138 us in the efficient kernel, 226 us in cuDNN's,
-# 1,352 us in the unfused math one (issue 13). On a CPU, flash attention is the fused kernel.
+# heads x 64 x 64 with a (batch, heads, L, L) bfloat16 bias took 138 us in the efficient kernel,
+# 226 us in cuDNN's, 1,352 us in the unfused math one (issue 13). On a CPU, flash attention is
+# the fused kernel; it reads a (1, heads, L, L) bias for every row without copying it.
 _ATTENTION_BACKENDS = [
     SDPBackend.EFFICIENT_ATTENTION,
     SDPBackend.FLASH_ATTENTION,
@@ -70,7 +100,7 @@ _ATTENTION_BACKENDS = [
 
 
 def unsupported_reason(config: Any, dtype: torch.dtype) -> str | None:
-    """Why :class:`FastT5Encoder` does not compute this encoder exactly, or ``None``.
+    """Why :class:`FastT5Encoder` does not cover this encoder, or ``None``.
 
     Parameters
     ----------
@@ -121,6 +151,7 @@ def relative_position_buckets(
 def encoder_layer(
     hidden: torch.Tensor,
     attention_bias: torch.Tensor,
+    key_padding: torch.Tensor | None,
     attention_norm: torch.Tensor,
     qkv: torch.Tensor,
     attention_out: torch.Tensor,
@@ -137,28 +168,62 @@ def encoder_layer(
 
     Every weight is an argument, so one compiled version of this function serves every layer.
 
+    Padded keys are kept out of attention in one of two ways. With ``key_padding``, through the
+    keys themselves: ``qkv`` gives each head extra columns (zero rows of the weight), and the
+    first of them is set to 1 in the queries and to ``key_padding`` in the keys, so that every
+    score gains its key's ``key_padding`` (0 for a real token, :data:`_PADDED_KEY_SCORE` for
+    padding) inside the attention kernel's own product; the values' extra columns stay 0, and
+    are dropped from the output. The position bias is then one ``(1, n_heads, L, L)`` tensor
+    for the whole batch. Without it, the padding must already be in ``attention_bias``.
+
     Parameters
     ----------
     hidden : Tensor of shape (batch, length, d_model)
         The residual stream, in the compute dtype.
-    attention_bias : Tensor of shape (batch or 1, n_heads, length, length)
-        Relative position bias with the padded keys at the dtype's lowest value.
+    attention_bias : Tensor of shape (1 or batch, n_heads, length, length)
+        Relative position bias, in the compute dtype; with ``key_padding=None``, padded keys
+        (if any) at the dtype's lowest value.
+    key_padding : Tensor of shape (batch, length, 1), or None
+        The score added to each key: 0 or :data:`_PADDED_KEY_SCORE`, in the compute dtype.
+        ``None``: the batch has no padding, or ``attention_bias`` holds it.
     attention_norm, feed_forward_norm : Tensor of shape (d_model,)
         The RMS norms' weights.
-    qkv : Tensor of shape (3 * inner, d_model)
-        Query, key and value projections stacked.
-    attention_out : Tensor of shape (d_model, inner)
+    qkv : Tensor of shape (3 * n_heads * (d_kv + extra), d_model)
+        Query, key and value projections stacked, each head followed by ``extra`` zero rows
+        (:data:`_PADDING_COLUMNS`, or 0 for an encoder that keeps padding in the bias).
+    attention_out : Tensor of shape (d_model, n_heads * d_kv)
     feed_forward_in : Tensor of shape (d_ff, d_model), or (2 * d_ff, d_model) when gated
         (the activated projection first, the linear one second).
     feed_forward_out : Tensor of shape (d_model, d_ff)
+    n_heads : int
+    eps : float
+        The RMS norms' epsilon.
+    activation : callable
+        The feed-forward activation.
+    gated : bool
+        Whether the feed-forward block is gated (T5 v1.1, mT5).
+
+    Returns
+    -------
+    Tensor of shape (batch, length, d_model)
+        The residual stream after the layer.
     """
     batch, length, width = hidden.shape
+    head_width = attention_out.shape[1] // n_heads
     normed = F.rms_norm(hidden, (width,), attention_norm, eps)
-    heads = F.linear(normed, qkv).view(batch, length, 3, n_heads, -1).permute(2, 0, 3, 1, 4)
+    heads = F.linear(normed, qkv).view(batch, length, 3, n_heads, -1)
+    if key_padding is None:
+        # Nothing to keep out: the heads without their extra columns (a view).
+        heads = heads[..., :head_width]
+    else:
+        # Written into the projection's own output: no copy of the heads is made.
+        heads[:, :, 0, :, head_width] = 1.0
+        heads[:, :, 1, :, head_width] = key_padding
+    query, key, value = heads.permute(2, 0, 3, 1, 4)
     attended = F.scaled_dot_product_attention(
-        heads[0], heads[1], heads[2], attn_mask=attention_bias, scale=1.0
+        query, key, value, attn_mask=attention_bias, scale=1.0
     )
-    attended = attended.transpose(1, 2).reshape(batch, length, -1)
+    attended = attended[..., :head_width].transpose(1, 2).reshape(batch, length, -1)
     hidden = hidden + F.linear(attended, attention_out)
     normed = F.rms_norm(hidden, (width,), feed_forward_norm, eps)
     inner = F.linear(normed, feed_forward_in)
@@ -171,11 +236,20 @@ def encoder_layer(
 
 
 class _Layer(torch.nn.Module):
-    """The weights of one layer, as :func:`encoder_layer` takes them."""
+    """The weights of one layer, as :func:`encoder_layer` takes them.
 
-    def __init__(self, attention_norm, qkv, attention_out, ff_norm, ff_in, ff_out) -> None:
+    ``qkv`` is the query, key and value projections stacked, ``(3 * n_heads * d_kv, d_model)``;
+    ``extra`` zero rows are inserted after each head's (see :func:`encoder_layer`).
+    """
+
+    def __init__(
+        self, attention_norm, qkv, attention_out, ff_norm, ff_in, ff_out, *, n_heads, extra
+    ) -> None:
         super().__init__()
         self.attention_norm = _frozen(attention_norm)
+        if extra:
+            per_head = qkv.view(3, n_heads, -1, qkv.shape[-1])
+            qkv = F.pad(per_head, (0, 0, 0, extra)).flatten(0, 2)
         self.qkv = _linear(qkv)
         self.attention_out = _linear(attention_out)
         self.feed_forward_norm = _frozen(ff_norm)
@@ -213,6 +287,10 @@ class FastT5Encoder(torch.nn.Module):
         Run each layer through ``torch.compile``: one compilation per padded width (the batch
         dimension is dynamic), reused by every layer and, through inductor's on-disk cache, by
         later processes.
+    padding_in_keys : bool
+        Whether padded keys are kept out of attention through the keys (the layers' ``qkv``
+        then has :data:`_PADDING_COLUMNS` zero rows per head) or through a per-batch
+        ``(batch, heads, L, L)`` bias (see :func:`encoder_layer`).
     """
 
     def __init__(
@@ -224,6 +302,7 @@ class FastT5Encoder(torch.nn.Module):
         layers: list[_Layer],
         final_norm: torch.Tensor,
         compile: bool = False,
+        padding_in_keys: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
@@ -239,6 +318,7 @@ class FastT5Encoder(torch.nn.Module):
         self.activation = _ACTIVATIONS[config.dense_act_fn]
         self.compiled = bool(compile)
         self.dynamic_width = _DYNAMIC_WIDTH
+        self.padding_in_keys = bool(padding_in_keys)
         self._layer = _compiled_layer() if compile else encoder_layer
         self._bias_table: torch.Tensor | None = None
 
@@ -247,8 +327,16 @@ class FastT5Encoder(torch.nn.Module):
         return self.embedding.dtype
 
     @classmethod
-    def from_transformers(cls, model: Any, *, compile: bool = False) -> FastT5Encoder:
-        """Build from a loaded transformers T5 encoder, on its device and in its dtype."""
+    def from_transformers(
+        cls, model: Any, *, compile: bool = False, padding_in_keys: bool | None = None
+    ) -> FastT5Encoder:
+        """Build from a loaded transformers T5 encoder, on its device and in its dtype.
+
+        ``padding_in_keys=None`` takes the module's default (:data:`_PADDING_IN_KEYS`).
+        """
+        if padding_in_keys is None:
+            padding_in_keys = _PADDING_IN_KEYS
+        extra = _PADDING_COLUMNS if padding_in_keys else 0
         config = model.config
         reason = unsupported_reason(config, model.dtype)
         if reason is not None:
@@ -272,6 +360,8 @@ class FastT5Encoder(torch.nn.Module):
                     block.layer[-1].layer_norm.weight,
                     ff_in,
                     feed_forward.wo.weight,
+                    n_heads=int(config.num_heads),
+                    extra=extra,
                 )
             )
         return cls(
@@ -281,6 +371,7 @@ class FastT5Encoder(torch.nn.Module):
             layers=layers,
             final_norm=stack.final_layer_norm.weight,
             compile=compile,
+            padding_in_keys=padding_in_keys,
         )
 
     def position_bias(self, length: int) -> torch.Tensor:
@@ -318,7 +409,14 @@ class FastT5Encoder(torch.nn.Module):
             return self.forward(input_ids.expand(2, -1), mask)[:1]
         batch, length = input_ids.shape
         bias = self.position_bias(length)
-        if attention_mask is not None:
+        key_padding = None
+        if self.padding_in_keys:
+            if attention_mask is None and self.compiled:
+                # One compiled graph per width: a batch without padding takes the same one.
+                attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+            if attention_mask is not None:
+                key_padding = self.key_padding(attention_mask)
+        elif attention_mask is not None:
             # Padding folded into the bias once for all layers: the lowest finite value, as
             # transformers uses, so a row of padding alone would still give finite numbers.
             keep = attention_mask.bool()[:, None, None, :]
@@ -329,19 +427,26 @@ class FastT5Encoder(torch.nn.Module):
         hidden = F.embedding(input_ids, self.embedding)
         if self.compiled:
             # Rows per batch vary (the last batch of a width, out-of-memory halving); compile
-            # them as a dynamic dimension instead of once per row count.
+            # them as a dynamic dimension instead of once per row count. A shared bias has one
+            # row whatever the batch.
             torch._dynamo.mark_dynamic(hidden, 0)
-            torch._dynamo.mark_dynamic(bias, 0)
+            if key_padding is not None:
+                torch._dynamo.mark_dynamic(key_padding, 0)
+            if bias.shape[0] > 1:
+                torch._dynamo.mark_dynamic(bias, 0)
             if self.dynamic_width:
                 torch._dynamo.mark_dynamic(hidden, 1)
                 torch._dynamo.mark_dynamic(bias, 2)
                 torch._dynamo.mark_dynamic(bias, 3)
+                if key_padding is not None:
+                    torch._dynamo.mark_dynamic(key_padding, 1)
         # The kernel is chosen when a graph is traced, so the preference holds compiled too.
         with _preferred_attention():
             for layer in self.layers:
                 hidden = self._layer(
                     hidden,
                     bias,
+                    key_padding,
                     *layer.weights(),
                     n_heads=self.n_heads,
                     eps=self.eps,
@@ -349,6 +454,17 @@ class FastT5Encoder(torch.nn.Module):
                     gated=self.gated,
                 )
         return F.rms_norm(hidden, (hidden.shape[-1],), self.final_norm, self.eps)
+
+    def key_padding(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The score each key of a batch adds (see :func:`encoder_layer`).
+
+        Returns
+        -------
+        Tensor of shape (batch, length, 1)
+            In the compute dtype: 0 for a real token, :data:`_PADDED_KEY_SCORE` for padding.
+        """
+        keep = attention_mask.bool()[:, :, None]
+        return torch.where(keep, 0.0, _PADDED_KEY_SCORE).to(self.dtype)
 
 
 def _preferred_attention():
