@@ -4,6 +4,12 @@ Everything stored here can be recomputed, so the cache never stops the embedding
 file is moved aside and started afresh, and a location that cannot be used (read-only, full, a
 database stuck past its lock timeout) turns the lookup or the store into a no-op; each with a
 warning, once.
+
+Moving a file aside while another process uses it would lose that process's writes (they go
+into the moved file, or into a write-ahead log unlinked under it), so every use of the file holds
+a shared lock on a ``-lock`` file beside it and a rebuild holds it exclusively: a process sees
+that the file at the path is not the one it opened and opens the new one, and a second process
+that found the same damage finds the file already replaced and keeps the new store.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +30,11 @@ import numpy as np
 
 from .._warnings import warn
 from .base import EmbeddingCache
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows, where a file open elsewhere cannot be moved
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["DiskCache"]
 
@@ -82,13 +94,22 @@ class _Damaged(Exception):
     """The database file is unreadable as a store of this version (raised inside only)."""
 
 
+class _FoundDamaged(Exception):
+    """An operation found the file damaged; ``identity`` says which file it was."""
+
+    def __init__(self, error: BaseException, identity: tuple[int, int] | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.identity = identity
+
+
 class DiskCache(EmbeddingCache):
     """Embedding cache in a SQLite file, shared by processes and later sessions.
 
     ``path`` names a directory, created on first use, that holds the database file
-    ``embeddings.sqlite3`` (plus SQLite's ``-wal`` / ``-shm`` files). A path that is an
-    existing file, or ends in ``.sqlite3``, ``.sqlite`` or ``.db``, is taken as the database
-    file itself.
+    ``embeddings.sqlite3`` (plus SQLite's ``-wal`` / ``-shm`` files and a ``-lock`` file, see
+    below). A path that is an existing file, or ends in ``.sqlite3``, ``.sqlite`` or ``.db``,
+    is taken as the database file itself.
 
     Safe for concurrent readers and writers across threads and processes (e.g.
     ``GridSearchCV(n_jobs=2)`` workers): the database runs in WAL mode, so readers never
@@ -99,11 +120,15 @@ class DiskCache(EmbeddingCache):
 
     The cache never stops an embedding: every vector in it can be recomputed. A damaged file
     (``sqlite3.DatabaseError``, a failed ``PRAGMA quick_check``, another schema) is moved
-    aside to ``<file>.corrupt`` and replaced by an empty store; a location that cannot be used
-    (a read-only or full disk, a database locked past ``timeout``) skips the lookup or the
-    store. Each is said once by a ``RuntimeWarning``, and the engine returns correct vectors,
-    just uncached. A stored row whose size or checksum does not match is never served: it
-    counts as a miss and the next :meth:`put_many` of that key overwrites it.
+    aside to ``<file>.corrupt`` and replaced by an empty store. That happens once however many
+    processes find the damage at the same time, and never during another process's read or
+    write: each use holds a shared lock on ``<file>-lock`` and a rebuild holds it exclusively;
+    a process whose file was moved aside opens the new one at its next call, so no write is
+    lost in the file moved aside. A location that cannot be used (a read-only or full disk, a
+    database locked past ``timeout``) skips the lookup or the store. Each is said once by a
+    ``RuntimeWarning``, and the engine returns correct vectors, just uncached. A stored row
+    whose size or checksum does not match is never served: it counts as a miss and the next
+    :meth:`put_many` of that key overwrites it.
 
     ``copy.deepcopy`` and ``sklearn.base.clone`` return the same object; pickling keeps only
     the path and settings, and unpickling in a process gives that process's shared
@@ -183,6 +208,10 @@ class DiskCache(EmbeddingCache):
         self.check_on_open = bool(check_on_open)
         self._connection: sqlite3.Connection | None = None
         self._connection_pid: int | None = None
+        # Which file the connection opened (device, inode): another process may replace it.
+        self._connection_file: tuple[int, int] | None = None
+        # This process's descriptor of the ``-lock`` file; the finalizer closes it.
+        self._lock_file: tuple[int, int, weakref.finalize] | None = None  # fd, pid, finalizer
 
     def __repr__(self) -> str:
         settings = "".join(
@@ -220,12 +249,15 @@ class DiskCache(EmbeddingCache):
         """Close this process's connection; the next call opens the file again."""
         with self._lock:
             if self._connection is not None and self._connection_pid == os.getpid():
-                with contextlib.suppress(sqlite3.Error):
-                    self._connection.close()
-            elif self._connection is not None:
-                _INHERITED_CONNECTIONS.append(self._connection)
-            self._connection = None
-            self._connection_pid = None
+                # Under the lock: closing may fold the write-ahead log into the file and delete
+                # it, which must not meet a rebuild replacing the file and its log.
+                with contextlib.suppress(OSError):  # else SQLite's own check still protects it
+                    with self._file_lock(exclusive=False):
+                        self._drop_connection()
+            self._drop_connection()
+            if self._lock_file is not None:
+                self._lock_file[2]()
+                self._lock_file = None
 
     # -- EmbeddingCache hooks --------------------------------------------------------------
 
@@ -339,30 +371,74 @@ class DiskCache(EmbeddingCache):
         A damaged file is rebuilt once and the operation retried; any other failure (a full or
         read-only disk, a lock held past ``timeout``) is warned about and skipped.
         """
-        try:
+        with self._lock:
+            try:
+                try:
+                    return self._use(operation)
+                except _FoundDamaged as damage:
+                    self._rebuild(damage)
+                return self._use(operation)
+            except (sqlite3.Error, OSError, _Damaged, _FoundDamaged) as error:
+                warn(
+                    f"could not {doing} the embedding cache {self.path} ({error}); the "
+                    f"embedding goes on without it",
+                    RuntimeWarning,
+                    cause=("disk cache", str(self.path), doing, type(error).__name__, str(error)),
+                )
+                return None
+
+    def _use(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``operation`` under the shared lock: no rebuild moves the file meanwhile."""
+        with self._file_lock(exclusive=False):
             try:
                 return operation(self._connect())
             except (sqlite3.DatabaseError, _Damaged) as error:
                 if not _is_damage(error):
                     raise
-                self._rebuild(error)
-                return operation(self._connect())
-        except (sqlite3.Error, OSError, _Damaged) as error:
-            warn(
-                f"could not {doing} the embedding cache {self.path} ({error}); the embedding "
-                f"goes on without it",
-                RuntimeWarning,
-                cause=("disk cache", str(self.path), doing, type(error).__name__, str(error)),
-            )
-            return None
+                # Still under the lock: the file at the path is the one found damaged.
+                damaged = _file_identity(self.path)
+                self._drop_connection()
+                raise _FoundDamaged(error, damaged) from error
+
+    def _file_lock(self, *, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+        """Hold ``<file>-lock``: shared to use the file, exclusive to replace it."""
+        if fcntl is None:  # pragma: no cover - Windows refuses to move a file open elsewhere
+            return contextlib.nullcontext()
+        pid = os.getpid()
+        if self._lock_file is None or self._lock_file[1] != pid:
+            if self._lock_file is not None:  # inherited through fork: the parent's own lock
+                self._lock_file[2]()
+                self._lock_file = None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = _open_lock_file(f"{self.path}-lock")
+            if descriptor is None:
+                # A folder this process cannot write in: it cannot move the database aside
+                # either, and a process that can creates the lock file first.
+                return contextlib.nullcontext()
+            self._lock_file = (descriptor, pid, weakref.finalize(self, os.close, descriptor))
+        return _flock(
+            self._lock_file[0], fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, self.timeout
+        )
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None and self._connection_pid == os.getpid():
+            # A file moved aside is closed safely: SQLite sees it moved and leaves the
+            # write-ahead log at the path, the new file's, alone.
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.close()
+        elif self._connection is not None:  # inherited through fork
+            _INHERITED_CONNECTIONS.append(self._connection)
+        self._connection = None
+        self._connection_pid = None
+        self._connection_file = None
 
     def _connect(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        if self._connection is not None and self._connection_pid == pid:
-            return self._connection
-        if self._connection is not None:  # inherited through fork
-            _INHERITED_CONNECTIONS.append(self._connection)
-            self._connection = None
+        """This process's connection to the file now at the path (the shared lock is held)."""
+        if self._connection is not None and self._connection_pid == os.getpid():
+            if _file_identity(self.path) == self._connection_file:
+                return self._connection
+            # Another process moved the file aside (it found it damaged): use the new one.
+        self._drop_connection()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(
             self.path,
@@ -376,7 +452,8 @@ class DiskCache(EmbeddingCache):
             with contextlib.suppress(sqlite3.Error):
                 connection.close()
             raise
-        self._connection, self._connection_pid = connection, pid
+        self._connection, self._connection_pid = connection, os.getpid()
+        self._connection_file = _file_identity(self.path)
         return connection
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
@@ -417,24 +494,22 @@ class DiskCache(EmbeddingCache):
                 )
             _run_script(connection, _SCHEMA)
 
-    def _rebuild(self, error: BaseException) -> None:
+    def _rebuild(self, damage: _FoundDamaged) -> None:
         """Move the damaged file aside, unless another process has replaced it already."""
-        self.close()
-        with contextlib.suppress(sqlite3.Error, OSError, _Damaged):
-            # Another process that found the same damage may have rebuilt the file already.
-            if self._connect().execute("PRAGMA quick_check").fetchone()[0] == "ok":
-                return
-        self.close()
         aside = self.path.with_name(self.path.name + ".corrupt")
-        with contextlib.suppress(FileNotFoundError):
+        with self._file_lock(exclusive=True):  # no process is reading or writing the file
+            # Another process that found the same damage may have replaced the file already:
+            # the new one is kept, whatever it holds by now.
+            if damage.identity is None or _file_identity(self.path) != damage.identity:
+                return
             os.replace(self.path, aside)
-        # The write-ahead log belongs to the damaged file; left in place, SQLite would replay
-        # it into the new, empty one.
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{self.path}{suffix}")
+            # The write-ahead log belongs to the damaged file; left in place, SQLite would
+            # replay it into the new, empty one.
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.path}{suffix}")
         warn(
-            f"the embedding cache {self.path} was damaged ({error}); moved it to {aside} and "
+            f"the embedding cache {self.path} was damaged ({damage}); moved it to {aside} and "
             f"started an empty cache",
             RuntimeWarning,
         )
@@ -448,6 +523,46 @@ def _is_damage(error: BaseException) -> bool:
         return (code & 0xFF) in _CORRUPTION_CODES
     # Python < 3.11 has no error codes; corruption surfaces as the base class itself.
     return type(error) is sqlite3.DatabaseError
+
+
+def _open_lock_file(path: str) -> int | None:
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+        with contextlib.suppress(OSError):
+            return os.open(path, flags, 0o666)
+    return None
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, ``None`` when there is none."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+@contextlib.contextmanager
+def _flock(descriptor: int, operation: int, timeout: float) -> Iterator[None]:
+    # Polled rather than blocking, so that a process stuck holding the lock costs the others
+    # ``timeout`` seconds (then a warning), as a stuck SQLite transaction does.
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the lock {'to rebuild' if operation == fcntl.LOCK_EX else 'to use'} "
+                    f"the file was held by another process for over {timeout:g} s"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    try:
+        yield
+    finally:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
 def _retry_while_locked(step: Callable[[], _T], timeout: float) -> _T:
