@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-
-from sk_instructor import InstructorVectorizer  # noqa: E402
-from sk_instructor._cli import main  # noqa: E402
-from sk_instructor._cli.chunked_output import ChunkedOutput  # noqa: E402
+from sk_instructor import InstructorVectorizer
+from sk_instructor._cli import main
+from sk_instructor._cli.chunked_output import ChunkedOutput
 
 INSTRUCTION = "Represent the Science title: "
 _WORDS = (
@@ -722,24 +721,72 @@ def test_an_input_error_leaves_no_work_folder_and_releases_the_lock(tmp_path, ti
 
 # -- runs in subprocesses: two at once, real signals -----------------------------------------------
 
-# Rows and chunk size for the subprocess tests: enough chunks that the run cannot finish between
-# two polls of the work folder (each chunk costs milliseconds: an encoder call, a synced write).
-_SIGNAL_ROWS, _SIGNAL_CHUNK = 200, 4
+# Rows and chunk size for the subprocess tests, and the chunk whose write a killed run waits
+# before (see _GATED_CLI): it can never finish before the test interrupts it, however fast it
+# is or however slowly the test polls, and is interrupted anywhere in its first chunks.
+_SIGNAL_ROWS, _SIGNAL_CHUNK, _SIGNAL_GATE = 64, 4, 8
+
+# The command line, held at given calls until the test lets it go on: each ``OWNER:FUNCTION:N``
+# of a comma-separated list names the N-th call of a function of the command line's modules
+# (``main:main:1`` is the start, once everything is imported). On reaching one, the run prints
+# "gated" and waits for a line on its standard input (a signal or a kill may come meanwhile).
+# Ctrl-C acts as in a terminal, whatever the test runner's own disposition: a command started
+# in the background ignores SIGINT, and its children inherit that (and would not stop).
+_GATED_CLI = """
+import importlib, signal, sys
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+main = importlib.import_module("sk_instructor._cli.main")
+chunked_output = importlib.import_module("sk_instructor._cli.chunked_output")
+owners = {"ChunkedOutput": chunked_output.ChunkedOutput, "main": main}
+
+def gate(function, gated_call):
+    calls = 0
+
+    def gated(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == gated_call:
+            print("gated", flush=True)
+            sys.stdin.readline()
+        return function(*args, **kwargs)
+
+    return gated
+
+for spec in sys.argv.pop(1).split(","):
+    owner_name, name, gated_call = spec.split(":")
+    owner = owners[owner_name]
+    setattr(owner, name, gate(getattr(owner, name), int(gated_call)))
+sys.exit(main.main(sys.argv[1:]))
+"""
 
 
-def _start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+def _start_cli(args: list[str], cwd: Path, *, gate: str | None = None) -> subprocess.Popen:
+    """``sk-instructor`` in a subprocess; with ``gate``, held at that call (see _GATED_CLI)."""
     # One intra-op thread: on a busy two-core machine, torch's thread pool spinning against
     # other processes made the tiny model ten times slower.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["OMP_NUM_THREADS"] = "1"
+    command = ["-m", "sk_instructor._cli"] if gate is None else ["-c", _GATED_CLI, gate]
     return subprocess.Popen(
-        [sys.executable, "-m", "sk_instructor._cli", *args],
+        [sys.executable, *command, *args],
         cwd=cwd,
         env=env,
+        stdin=subprocess.PIPE,  # written to only to let a gated run go on
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _wait_until_gated(process: subprocess.Popen) -> bool:
+    """Wait until ``process`` is held at its gate (True) or has ended without reaching it."""
+    return process.stdout.readline().strip() == "gated"
+
+
+def _release(process: subprocess.Popen) -> None:
+    process.stdin.write("go\n")
+    process.stdin.flush()
 
 
 def _chunk_files(parts: Path) -> dict[str, bytes]:
@@ -753,7 +800,8 @@ def _chunk_files(parts: Path) -> dict[str, bytes]:
 
 
 def _wait_for_chunks(parts: Path, n_chunks: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
+    # The deadline only guards against a hang: a loaded machine may take minutes to get here.
+    deadline = time.monotonic() + 600
     while len(list(parts.glob("chunk-*.parquet"))) < n_chunks:
         if process.poll() is not None:
             _, err = process.communicate()
@@ -762,7 +810,7 @@ def _wait_for_chunks(parts: Path, n_chunks: int, process: subprocess.Popen) -> N
             )
         if time.monotonic() > deadline:  # pragma: no cover
             process.kill()
-            pytest.fail("no chunk was written within 120 s")
+            pytest.fail(f"{n_chunks} chunks were not written within 600 s")
         time.sleep(0.002)
 
 
@@ -800,12 +848,14 @@ def signal_run(tmp_path, tiny_t5_path):
     }
 
 
-def _assert_resumed_equals_uninterrupted(run: dict, cwd: Path, options: list[str]) -> None:
-    """Resume with the default settings and ``options``; compare with a run of the defaults."""
-    resumed = _start_cli([*run["args"], *options], cwd)
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    assert "resumed from an earlier run" in err
+def _assert_resumed_equals_uninterrupted(run: dict, capsys, options: list[str]) -> None:
+    """Resume with the default settings and ``options``; compare with a run of the defaults.
+
+    Both run in this process, which shares nothing with the interrupted one but the files.
+    """
+    capsys.readouterr()
+    assert main([*run["args"], *options]) == 0
+    assert "resumed from an earlier run" in capsys.readouterr().err
     assert main(run["uninterrupted_args"]) == 0
 
     ids, vectors = read_parquet_output(run["output"])
@@ -827,30 +877,37 @@ def _assert_resumed_equals_uninterrupted(run: dict, cwd: Path, options: list[str
     ids=["by rows", "by time"],
 )
 def test_sigkill_leaves_only_complete_chunks_and_resume_equals_uninterrupted_run(
-    tmp_path, signal_run, killed_with, resumed_with
+    tmp_path, signal_run, killed_with, resumed_with, capsys
 ):
-    process = _start_cli([*signal_run["args"], *killed_with], tmp_path)
+    # Killed wherever it is once 3 chunks are written: in a chunk's write, between two, or
+    # held before the _SIGNAL_GATE-th.
+    gate = f"ChunkedOutput:write_chunk:{_SIGNAL_GATE}"
+    process = _start_cli([*signal_run["args"], *killed_with], tmp_path, gate=gate)
     _wait_for_chunks(signal_run["parts"], 3, process)
 
     process.kill()
     process.communicate()
 
+    assert process.returncode == -signal.SIGKILL
     assert not signal_run["output"].exists()
     n_chunks = _assert_only_complete_chunks(signal_run["parts"], signal_run["expected"])
-    assert n_chunks >= 3
-    _assert_resumed_equals_uninterrupted(signal_run, tmp_path, resumed_with)
+    assert 3 <= n_chunks < _SIGNAL_GATE
+    _assert_resumed_equals_uninterrupted(signal_run, capsys, resumed_with)
 
 
-def test_ctrl_c_loses_no_completed_chunk_and_resume_equals_uninterrupted_run(tmp_path, signal_run):
+def test_ctrl_c_loses_no_completed_chunk_and_resume_equals_uninterrupted_run(
+    tmp_path, signal_run, capsys
+):
     options = ["--chunk-size", str(_SIGNAL_CHUNK)]
-    process = _start_cli([*signal_run["args"], *options], tmp_path)
+    gate = f"ChunkedOutput:write_chunk:{_SIGNAL_GATE}"
+    process = _start_cli([*signal_run["args"], *options], tmp_path, gate=gate)
     _wait_for_chunks(signal_run["parts"], 3, process)
     before = _chunk_files(signal_run["parts"])
 
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=600)  # a hang guard only
 
-    assert process.returncode == 130
+    assert process.returncode == 130, err
     assert "interrupted" in err
     assert "run the same command again to continue" in err
     assert "Traceback" not in err
@@ -858,34 +915,37 @@ def test_ctrl_c_loses_no_completed_chunk_and_resume_equals_uninterrupted_run(tmp
     assert all(after.get(name) == content for name, content in before.items())
     assert not list(signal_run["parts"].glob(".*.tmp"))  # no half-written file is left
     _assert_only_complete_chunks(signal_run["parts"], signal_run["expected"])
-    _assert_resumed_equals_uninterrupted(signal_run, tmp_path, options)
+    _assert_resumed_equals_uninterrupted(signal_run, capsys, options)
 
 
-def test_two_runs_started_a_second_apart_on_one_output_leave_one_output_and_one_error(
+def test_a_run_started_while_another_writes_the_output_stops_and_leaves_it_one_output(
     tmp_path, tiny_t5_path
 ):
     # Both used to exit 0, the second replacing the first: the existence check ran before the
-    # model loaded and the lock only after it.
+    # model loaded and the lock only after it, so a first run that finished while the second
+    # loaded its model was overwritten. Here, in that order: the first is held before its first
+    # chunk (its lock taken, no output yet), the second starts and is held when it loads its
+    # model (if it gets that far), then the first finishes, then the second goes on.
     ids, texts = make_rows(40)
     input_path = write_input(tmp_path / "rows.csv", ids, texts)
     output = tmp_path / "vectors.npy"
     args = [*embed_args(input_path, output, tiny_t5_path), "--cache", "none"]
 
-    first = _start_cli(args, tmp_path)
-    time.sleep(1)
-    second = _start_cli(args, tmp_path)
-    errors = {}
-    for name, process in (("first", first), ("second", second)):
-        _, errors[name] = process.communicate(timeout=300)
+    first = _start_cli(args, tmp_path, gate="ChunkedOutput:write_chunk:1")
+    # Started at once, so that both import in parallel, but held until the first has its lock.
+    second = _start_cli(args, tmp_path, gate="main:main:1,main:_build_vectorizer:1")
+    assert _wait_until_gated(first), first.communicate()
+    assert _wait_until_gated(second), second.communicate()
+    _release(second)
+    second_gated = _wait_until_gated(second)
+    _release(first)
+    _, first_err = first.communicate(timeout=600)  # a hang guard only
+    assert first.returncode == 0, first_err
+    if second_gated:
+        _release(second)
+    _, second_err = second.communicate(timeout=600)
 
-    # Normally the first succeeds; if the second overtook it while the first was starting, the
-    # roles swap: either way one run writes the output and the other stops with a clear error.
-    codes = {"first": first.returncode, "second": second.returncode}
-    assert sorted(codes.values()) == [0, 1], errors
-    loser = min(codes, key=lambda name: -codes[name])
-    assert (
-        "another sk-instructor run is writing" in errors[loser]
-        or "already exists; pass --overwrite" in errors[loser]
-    ), errors[loser]
+    assert second.returncode == 1, second_err
+    assert "another sk-instructor run is writing" in second_err, second_err
     np.testing.assert_allclose(np.load(output), expected_vectors(tiny_t5_path, texts), atol=1e-6)
     assert not (tmp_path / "vectors.npy.parts").exists()

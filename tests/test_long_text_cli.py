@@ -10,14 +10,12 @@ import json
 import warnings
 
 import numpy as np
-import pytest
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-
-from sk_instructor import InstructorVectorizer  # noqa: E402
-from sk_instructor._cli import main  # noqa: E402
-from sk_instructor._cli.chunked_output import ChunkedOutput  # noqa: E402
+from sk_instructor import InstructorVectorizer
+from sk_instructor._cli import main
+from sk_instructor._cli.chunked_output import ChunkedOutput
 
 INSTRUCTION = "Represent the Science title: "
 _WORDS = "dark matter energy loss parton chiral phase transition quick brown fox river".split()
