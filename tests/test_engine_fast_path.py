@@ -149,6 +149,95 @@ def test_bfloat16_fast_path_stays_close_to_float32(tiny_t5_path):
     assert (a * b).sum(axis=1).min() >= 0.9999  # unit vectors: the dot is the cosine
 
 
+# -- pooling in the compute dtype ------------------------------------------------------------
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+
+
+def _pooled_from_a_float32_copy(hidden, mask, modes):
+    """Pooling as sentence-transformers' rules write it, on a float32 copy of the vectors
+    (INSTRUCTOR's mode: the mean over the tokens the pooling mask keeps, counts clamped at
+    1e-9)."""
+    hidden = hidden.float()
+    weights = mask.unsqueeze(-1).float()
+    outputs = []
+    for mode in modes:
+        if mode == "cls":
+            outputs.append(hidden[:, 0])
+        elif mode == "max":
+            outputs.append(hidden.masked_fill(weights == 0, -1e9).max(dim=1).values)
+        elif mode in ("mean", "mean_sqrt_len_tokens"):
+            count = weights.sum(dim=1).clamp(min=1e-9)
+            summed = (hidden * weights).sum(dim=1)
+            outputs.append(summed / (count if mode == "mean" else count.sqrt()))
+        elif mode == "weightedmean":
+            position_weights = weights * torch.arange(1, hidden.shape[1] + 1).view(1, -1, 1)
+            summed = (hidden * position_weights).sum(dim=1)
+            outputs.append(summed / position_weights.sum(dim=1).clamp(min=1e-9))
+        else:
+            last = (mask.long() * torch.arange(hidden.shape[1])).argmax(dim=1)
+            outputs.append(hidden[torch.arange(hidden.shape[0]), last])
+    return torch.cat(outputs, dim=1)
+
+
+def _pooling_batch():
+    # 300 positions (weightedmean's weights pass 256, where bfloat16 stops being exact), an
+    # instruction left out of each row, right padding, and a row whose every token is masked.
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([300, 250, 7, 1, 120, 4])
+    skipped = torch.tensor([5, 0, 3, 0, 119, 4])
+    positions = torch.arange(300)[None, :]
+    mask = (positions < lengths[:, None]) & (positions >= skipped[:, None])
+    return torch.randn(len(lengths), 300, 24, generator=generator) * 4, mask
+
+
+def test_pooling_in_the_compute_dtype_equals_pooling_a_float32_copy():
+    from sk_instructor._engine.stages.pooling import Pooling
+
+    hidden, mask = _pooling_batch()
+    pooling = Pooling(POOLING_MODES, hidden_size=24)
+
+    def pooled(vectors):
+        return pooling({"token_embeddings": vectors, "pooling_mask": mask})["sentence_embedding"]
+
+    # float32: the same operations, the same numbers.
+    assert torch.equal(pooled(hidden), _pooled_from_a_float32_copy(hidden, mask, POOLING_MODES))
+    # bfloat16: float32 results, equal but for the order of the float32 additions.
+    low = hidden.to(torch.bfloat16)
+    got = pooled(low)
+    assert got.dtype == torch.float32
+    expected = _pooled_from_a_float32_copy(low, mask, POOLING_MODES)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # The row with no token kept: a finite vector, INSTRUCTOR's mean of nothing is 0.
+    assert torch.isfinite(got[-1]).all()
+
+
+def test_pooling_asks_for_no_float32_copy_of_the_token_vectors():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sk_instructor._engine.stages.pooling import Pooling
+
+    hidden, mask = _pooling_batch()
+    low = hidden.to(torch.bfloat16)
+
+    class Outputs(TorchDispatchMode):
+        # Every tensor an operation returns: a float32 copy of the vectors would be one.
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for value in result if isinstance(result, tuple) else (result,):
+                if isinstance(value, torch.Tensor):
+                    self.seen.append((str(func), value.dtype, value.numel()))
+            return result
+
+    with Outputs() as outputs:
+        Pooling(("mean",), hidden_size=24)({"token_embeddings": low, "pooling_mask": mask})
+    float32 = [(name, size) for name, dtype, size in outputs.seen if dtype == torch.float32]
+    assert float32 and all(size < low.numel() for _, size in float32), float32
+
+
 # -- which forward runs ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("requested", "device", "unsupported", "compile", "expected"),
@@ -206,27 +295,69 @@ def test_pickles_from_before_the_compile_parameter_unpickle_with_its_default():
 
 
 # -- compiled ----------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_compiled_path_equals_eager(tiny_t5_path):
+# Two padded widths (bucket_lengths of 13 and 28 tokens: 16 and 32), 20 texts of each: under a
+# budget of 256 tokens, each width runs in batches of more than one row count.
+COMPILED_TEXTS = [f"{k} " + "fox river " * (3 * (k % 2)) for k in range(40)]
+
+
+@pytest.fixture(scope="module")
+def compiled_run(tiny_t5_path, tmp_path_factory):
+    """The compiled path, run once in this process into an inductor cache of its own.
+
+    Each graph costs seconds of compiling on a CPU, so the two compiled tests share one run:
+    the first checks what it compiled and computed, the second starts another process on the
+    cache it filled.
+    """
     from torch._dynamo.utils import counters
 
-    eager = get_model(tiny_t5_path, device="cpu", implementation="fast")
+    cache_dir = tmp_path_factory.mktemp("inductor")
     compiled = get_model(tiny_t5_path, device="cpu", compile=True)
-    assert compiled.implementation == "fast" and compiled.transformer.encoder.compiled
-    texts = [f"{k} " + "fox river " * (k % 13) for k in range(60)]
-    instructions = [INSTRUCTION] * len(texts)
+    encoder = compiled.transformer.encoder
+    shapes, forward = [], encoder.forward
+
+    def recording(input_ids, *args, **kwargs):
+        shapes.append(tuple(input_ids.shape))
+        return forward(input_ids, *args, **kwargs)
+
+    instructions = [INSTRUCTION] * len(COMPILED_TEXTS)
     graphs_before = counters["stats"]["unique_graphs"]
-    got = _encode_quietly(compiled, instructions, texts, token_budget=256)
-    np.testing.assert_allclose(got, _encode_quietly(eager, instructions, texts), atol=1e-5)
-    graphs = counters["stats"]["unique_graphs"] - graphs_before
-    lengths = compiled._tokenizer.tokenize(instructions, texts, 64).lengths
-    n_widths = len(np.unique(bucket_lengths(lengths)))
+    misses_before = counters["inductor"]["fxgraph_cache_miss"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
+        patch.setattr(encoder, "forward", recording)
+        got = _encode_quietly(compiled, instructions, COMPILED_TEXTS, token_budget=256)
+        batch_shapes = list(shapes)
+        graphs = counters["stats"]["unique_graphs"] - graphs_before
+        single = compiled.encode([INSTRUCTION], [COMPILED_TEXTS[5]], cache=None)
+        graphs_with_single = counters["stats"]["unique_graphs"] - graphs_before
+    eager = get_model(tiny_t5_path, device="cpu", implementation="fast")
+    return {
+        "model": compiled,
+        "cache_dir": cache_dir,
+        "got": got,
+        "eager": _encode_quietly(eager, instructions, COMPILED_TEXTS),
+        "lengths": compiled._tokenizer.tokenize(instructions, COMPILED_TEXTS, 64).lengths,
+        "batch_shapes": batch_shapes,
+        "graphs": graphs,
+        "single": single,
+        "graphs_with_single": graphs_with_single,
+        "fxgraph_cache_misses": counters["inductor"]["fxgraph_cache_miss"] - misses_before,
+    }
+
+
+@pytest.mark.slow
+def test_compiled_path_equals_eager(compiled_run):
+    run = compiled_run
+    assert run["model"].implementation == "fast" and run["model"].transformer.encoder.compiled
+    np.testing.assert_allclose(run["got"], run["eager"], atol=1e-5)
+    n_widths = len(np.unique(bucket_lengths(run["lengths"])))
+    # What the texts are for: more batch shapes than widths.
+    assert n_widths == 2 and len(set(run["batch_shapes"])) > n_widths, run["batch_shapes"]
     # Compiled once per width (rows per batch are a dynamic dimension, single rows run as two),
     # not once per batch shape.
-    assert 1 <= graphs <= n_widths
-    single = compiled.encode([INSTRUCTION], [texts[5]], cache=None)
-    assert counters["stats"]["unique_graphs"] - graphs_before == graphs
-    np.testing.assert_allclose(single, got[5:6], atol=1e-5)
+    assert 1 <= run["graphs"] <= n_widths
+    assert run["graphs_with_single"] == run["graphs"]
+    np.testing.assert_allclose(run["single"], run["got"][5:6], atol=1e-5)
 
 
 _SECOND_PROCESS = textwrap.dedent(
@@ -236,31 +367,32 @@ _SECOND_PROCESS = textwrap.dedent(
     from torch._dynamo.utils import counters
     from sk_instructor._engine.registry import get_model
     model = get_model(sys.argv[1], device="cpu", compile=True)
-    model.encode(["Represent the sentence: "] * 3, ["a fox", "the river bank", "a station"])
+    texts = json.loads(sys.argv[3])
+    model.encode([sys.argv[2]] * len(texts), texts)
     print(json.dumps(dict(counters["inductor"])))
     """
 )
 
 
 @pytest.mark.slow
-def test_a_second_process_reuses_the_compiled_code(tiny_t5_path, tmp_path):
+def test_a_second_process_reuses_the_compiled_code(compiled_run, tiny_t5_path):
+    # This process compiled into an empty cache (compiled_run); another one, on that cache and
+    # on texts of the widths compiled there, compiles nothing again.
+    assert compiled_run["fxgraph_cache_misses"] >= 1
     environment = {
         **os.environ,
-        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "TORCHINDUCTOR_CACHE_DIR": str(compiled_run["cache_dir"]),
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path]),
     }
-    runs = []
-    for _ in range(2):
-        result = subprocess.run(
-            [sys.executable, "-c", _SECOND_PROCESS, str(tiny_t5_path)],
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        )
-        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    first, second = runs
-    assert first.get("fxgraph_cache_miss", 0) >= 1
+    arguments = [str(tiny_t5_path), INSTRUCTION, json.dumps(COMPILED_TEXTS[:3])]
+    result = subprocess.run(
+        [sys.executable, "-c", _SECOND_PROCESS, *arguments],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    second = json.loads(result.stdout.strip().splitlines()[-1])
     assert second.get("fxgraph_cache_hit", 0) >= 1
     assert second.get("fxgraph_cache_miss", 0) == 0
