@@ -127,17 +127,29 @@ _WORKER = textwrap.dedent(
     model, cache_path, start, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     texts = [f"text {k} " + "word " * (k % 7) for k in range(start, stop)]
     cache = DiskCache(cache_path)
+    vectorizer = InstructorVectorizer(model, device="cpu", cache=cache)
+    if sys.argv[5:] == ["--wait"]:
+        # Load the model, say so, and write only once told to: the writes then overlap.
+        vectorizer.fit(texts)
+        print("ready", flush=True)
+        sys.stdin.readline()
     before = cache.stats().encoded  # the counters add up every process's work
-    vectors = InstructorVectorizer(model, device="cpu", cache=cache).fit_transform(texts)
+    vectors = vectorizer.fit_transform(texts)
     encoded = cache.stats().encoded - before
     print(json.dumps({"encoded": encoded, "sum": float(vectors.sum())}))
     """
 )
 
 
-def _run_worker(model, cache_path, start, stop) -> subprocess.Popen:
+def _texts(start, stop):
+    return [f"text {k} " + "word " * (k % 7) for k in range(start, stop)]
+
+
+def _run_worker(model, cache_path, start, stop, *, wait=False) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", _WORKER, str(model), str(cache_path), str(start), str(stop)],
+        [sys.executable, "-c", _WORKER, str(model), str(cache_path), str(start), str(stop)]
+        + (["--wait"] if wait else []),
+        stdin=subprocess.PIPE if wait else None,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -154,18 +166,29 @@ def _result(process: subprocess.Popen) -> dict:
 @pytest.mark.slow
 def test_disk_cache_is_shared_by_later_and_concurrent_processes(tmp_path, tiny_t5_path):
     cache_path = tmp_path / "shared-cache"
-    # Two processes write overlapping ranges at the same time...
-    first, second = (
-        _run_worker(tiny_t5_path, cache_path, 0, 120),
-        _run_worker(tiny_t5_path, cache_path, 60, 180),
-    )
-    results = [_result(first), _result(second)]
+    # Two processes write overlapping ranges at the same time: a worker and this one, whose
+    # model is loaded already. The worker loads its model first, then both write at once.
+    worker = _run_worker(tiny_t5_path, cache_path, 0, 120, wait=True)
+    try:
+        assert worker.stdout.readline().strip() == "ready"
+        here = DiskCache(cache_path)
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+        before = here.stats().encoded
+        InstructorVectorizer(tiny_t5_path, device="cpu", cache=here).fit_transform(_texts(60, 180))
+        encoded_here = here.stats().encoded - before
+        here.close()
+        results = [_result(worker), {"encoded": encoded_here}]
+    finally:
+        worker.kill()  # a no-op once it has exited; stops it if an assertion failed first
+        worker.wait()
     assert all(result["encoded"] > 0 for result in results)
     # ...and a later process finds every one of their 180 texts: it encodes nothing.
     later = _result(_run_worker(tiny_t5_path, cache_path, 0, 180))
     assert later["encoded"] == 0
-    texts = [f"text {k} " + "word " * (k % 7) for k in range(180)]
-    expected = InstructorVectorizer(tiny_t5_path, device="cpu", cache=None).fit_transform(texts)
+    expected = InstructorVectorizer(tiny_t5_path, device="cpu", cache=None).fit_transform(
+        _texts(0, 180)
+    )
     assert later["sum"] == pytest.approx(float(expected.sum()), abs=1e-3)
 
 

@@ -1,7 +1,8 @@
 """sk_instructor.ray.embed_dataset on a local Ray: same vectors as an in-process transform.
 
 Ray starts once for the module (two CPUs, no dashboard) and is shut down after; starting it and
-its actors costs seconds, hence the ``slow`` mark.
+its actors costs seconds, hence the ``slow`` mark. Each actor loads the model, so the tests of
+what one embedding run returns (its rows, its Parquet output, its pandas frame) share one run.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
+    import ray
+    import ray.data
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
@@ -53,49 +55,62 @@ def _embeddings_by_id(rows, column: str = "embedding") -> np.ndarray:
     return np.stack([np.asarray(row[column], dtype=np.float32) for row in rows])
 
 
-@pytest.mark.slow
-def test_embed_dataset_equals_in_process_transform(local_ray, vectorizer):
-    from sk_instructor.ray import embed_dataset
+@pytest.fixture(scope="module")
+def embedded(local_ray, tiny_t5_path, tmp_path_factory):
+    """TEXTS and a missing text, read from Parquet (three files, three blocks) and embedded once.
 
-    items = [{"id": i, "title": text, "year": 2000 + i} for i, text in enumerate(TEXTS)]
-    dataset = local_ray.data.from_items(items, override_num_blocks=3)
-
-    embedded = embed_dataset(dataset, vectorizer, "title", batch_size=8, concurrency=1)
-    rows = embedded.take_all()
-
-    assert len(rows) == len(TEXTS)
-    assert sorted(row["id"] for row in rows) == list(range(len(TEXTS)))
-    assert all(row["year"] == 2000 + row["id"] for row in rows)  # other columns kept
-    assert all(row["title"] == TEXTS[row["id"]] for row in rows)
-    vectors = _embeddings_by_id(rows)
-    np.testing.assert_allclose(vectors, _in_process(vectorizer, TEXTS), rtol=0, atol=1e-6)
-
-
-@pytest.mark.slow
-def test_embedding_column_is_a_fixed_size_float32_list_that_round_trips_parquet(
-    local_ray, vectorizer, tmp_path
-):
+    The cluster recipe of the README, with a local folder standing in for object storage, on
+    the default (autoscaling) actor pool, into a column named here. Returns the materialized
+    result, the texts, and the in-process transform of the same texts.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from sk_instructor.ray import embed_dataset
 
-    source = tmp_path / "source"
-    source.mkdir()
-    texts = [*TEXTS[:-1], None]  # a missing text: the vectorizer's missing="zero" must travel
-    pq.write_table(pa.table({"id": range(len(texts)), "text": texts}), source / "part.parquet")
-    vectorizer.set_params(missing="zero")
-
-    # The cluster recipe of the README, with local folders standing in for object storage.
+    texts = [*TEXTS, None]  # a missing text: the vectorizer's missing="zero" must travel
+    table = pa.table(
+        {"id": range(len(texts)), "title": texts, "year": [2000 + i for i in range(len(texts))]}
+    )
+    source = tmp_path_factory.mktemp("source")
+    for part, start in enumerate(range(0, len(texts), 15)):
+        pq.write_table(table.slice(start, 15), source / f"part-{part}.parquet")
+    vectorizer = InstructorVectorizer(
+        tiny_t5_path, domain="Science", text_type="title", missing="zero", cache=None
+    )
     dataset = local_ray.data.read_parquet(str(source))
-    embed_dataset(
-        dataset, vectorizer, "text", output_column="vector", concurrency=(1, 1)
-    ).write_parquet(str(tmp_path / "embedded"))
+    result = embed_dataset(
+        dataset, vectorizer, "title", output_column="vector", batch_size=8
+    ).materialize()
+    return result, texts, _in_process(vectorizer, texts)
+
+
+@pytest.mark.slow
+def test_embed_dataset_equals_in_process_transform(embedded):
+    dataset, texts, expected = embedded
+    rows = dataset.take_all()
+
+    assert len(rows) == len(texts)
+    assert sorted(row["id"] for row in rows) == list(range(len(texts)))
+    assert all(row["year"] == 2000 + row["id"] for row in rows)  # other columns kept
+    assert all(row["title"] == texts[row["id"]] for row in rows)
+    vectors = _embeddings_by_id(rows, column="vector")
+    np.testing.assert_allclose(vectors, expected, rtol=0, atol=1e-6)
+    assert not vectors[-1].any()
+
+
+@pytest.mark.slow
+def test_embedding_column_is_a_fixed_size_float32_list_that_round_trips_parquet(embedded, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dataset, _, expected = embedded
+    dataset.write_parquet(str(tmp_path / "embedded"))
 
     table = pq.read_table(tmp_path / "embedded")
     assert table.schema.field("vector").type == pa.list_(pa.float32(), 16)
     vectors = _embeddings_by_id(table.to_pylist(), column="vector")
-    np.testing.assert_allclose(vectors, _in_process(vectorizer, texts), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(vectors, expected, rtol=0, atol=1e-6)
     assert not vectors[-1].any()
 
 
@@ -122,15 +137,11 @@ def test_invalid_arguments_fail_on_the_driver(local_ray, vectorizer):
 
 
 @pytest.mark.slow
-def test_to_pandas_rows_stack_into_the_in_process_matrix(local_ray, vectorizer):
-    from sk_instructor.ray import embed_dataset
-
-    dataset = local_ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(TEXTS[:7])])
-    frame = embed_dataset(dataset, vectorizer, "text").to_pandas().sort_values("id")
+def test_to_pandas_rows_stack_into_the_in_process_matrix(embedded):
+    dataset, _, expected = embedded
+    frame = dataset.to_pandas().sort_values("id")
     # What the docstring says: one vector per row, np.stack makes the matrix.
-    np.testing.assert_allclose(
-        np.stack(frame["embedding"]), _in_process(vectorizer, TEXTS[:7]), atol=1e-6
-    )
+    np.testing.assert_allclose(np.stack(frame["vector"]), expected, atol=1e-6)
 
 
 def test_missing_ray_raises_import_error_naming_the_extra(monkeypatch, vectorizer):

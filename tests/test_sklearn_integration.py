@@ -275,7 +275,17 @@ def test_grid_search_values_reach_the_encoder_in_two_worker_processes(
 ):
     # Workers are separate processes (loky): no spy reaches them, so the proof is the scores,
     # which are sums of the embeddings each worker computed.
-    search = _run_grid_search(tiny_t5_path, tiny_t5_safetensors_path, n_jobs=2)
+    import sys
+
+    import cloudpickle
+
+    # The scorer travels by value: each worker then imports sk_instructor and torch, not this
+    # module and all it imports (seconds per worker).
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        search = _run_grid_search(tiny_t5_path, tiny_t5_safetensors_path, n_jobs=2)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     _assert_scores_come_from_the_searched_values(search, tiny_t5_path, references)
 
 
