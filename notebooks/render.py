@@ -4,7 +4,7 @@ show wherever it is browsed (GitHub, nbviewer) without running it.
     python notebooks/render.py          # all four, a few minutes on two cores
 
 Each runs in a fresh kernel of this interpreter, offline, in a scratch working directory, as
-tests/test_notebooks.py runs them.
+tests/test_notebooks.py runs them, but on all of its data (the test runs them on a fifth).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def render(path: Path) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # All of the data, never the test suite's sample (see tests/test_notebooks.py).
+    os.environ.pop("SK_INSTRUCTOR_NOTEBOOK_STEP", None)
     for notebook_path in (
         sorted(HERE.glob("*.ipynb")) if len(sys.argv) < 2 else map(Path, sys.argv[1:])
     ):

