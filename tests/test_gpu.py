@@ -42,23 +42,6 @@ TEXTS = [f"station {k} " + "river bank fox " * (k % 7) for k in range(40)]
 INSTRUCTION = "Represent the sentence for retrieval: "
 
 
-@pytest.fixture(scope="module")
-def large_shaped_path(tmp_path_factory):
-    """instructor-large's layer shape (d_model 1024, 16 heads, d_ff 4096, Dense to 768), two
-    layers instead of 24."""
-    from checkpoints import build_t5_checkpoint
-
-    return build_t5_checkpoint(
-        tmp_path_factory.mktemp("large_shaped_gpu"),
-        d_model=1024,
-        num_layers=2,
-        num_heads=16,
-        d_ff=4096,
-        dense_out=768,
-        weights="safetensors",
-    )
-
-
 def _encode_quietly(model, instructions, texts, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation warnings: long texts are cut on purpose
