@@ -10,12 +10,11 @@ error raised by CUDA's allocator, and pinned-memory transfers.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
 from reference_instructor import ReferenceInstructor
+from test_engine_fast_path import CASES, INSTRUCTION, TEXTS, _encode_quietly
 from transformers import T5Config, T5EncoderModel
 
 from sk_instructor._engine.checkpoint import resolve_model
@@ -27,25 +26,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-# A one-token instruction ("the"), no instruction, an empty text, unicode, a truncated text.
-CASES = [
-    ("Represent the Science title: ", "3D ActionSLAM: wearable person tracking"),
-    ("Represent the Wikipedia document for retrieval: ", "The river bank is near the station."),
-    ("the ", "A one-token instruction keeps every token in the pool."),
-    ("", "No instruction at all."),
-    ("Represent the Science title: ", "Ünïcödé — 東京 🚀 émojis and accents"),
-    ("Represent the Science title: ", ""),
-    ("Represent the Financial statement for classification: ", "word " * 200),
-]
-TEXTS = [f"station {k} " + "river bank fox " * (k % 7) for k in range(40)]
-INSTRUCTION = "Represent the sentence for retrieval: "
-
-
-def _encode_quietly(model, instructions, texts, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # truncation warnings: long texts are cut on purpose
-        return model.encode(instructions, texts, **kwargs)
 
 
 @pytest.mark.parametrize("checkpoint", ["tiny", "large_shaped"])
