@@ -10,6 +10,8 @@ and ``modules.json``. The vectors mean nothing; the code path is the real one.
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -75,7 +77,7 @@ def build_t5_checkpoint(
     ['1_Pooling', '2_Dense', '3_Normalize']
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
     folder = Path(folder)
@@ -83,16 +85,14 @@ def build_t5_checkpoint(
     torch.manual_seed(seed)
 
     # Tokenizer shaped like T5's: Unigram pieces, Metaspace ("▁") word boundaries, </s> appended.
-    tokenizer = Tokenizer(models.Unigram())
+    # The pieces are counted here rather than learnt by tokenizers' UnigramTrainer, which
+    # orders equal-scored pieces by a randomly seeded hash map: its token ids changed from one
+    # build to the next, and so did every vector of the "same" checkpoint.
+    tokenizer = Tokenizer(
+        models.Unigram(_unigram_vocab(_TRAINING_TEXT, min(vocab_size, 300)), unk_id=2)
+    )
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=min(vocab_size, 300),
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        unk_token="<unk>",
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_TRAINING_TEXT, trainer=trainer)
     eos_id = tokenizer.token_to_id("</s>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", special_tokens=[("</s>", eos_id)]
@@ -159,6 +159,33 @@ def build_t5_checkpoint(
     (folder / "3_Normalize").mkdir(exist_ok=True)
     (folder / "modules.json").write_text(json.dumps(_LAYOUT_MODULES, indent=2))
     return folder
+
+
+def _unigram_vocab(texts: list[str], size: int) -> list[tuple[str, float]]:
+    """A Unigram vocabulary of at most ``size`` pieces, the same on every call.
+
+    The three special tokens, every character of ``texts``, every whole word (starting with
+    "▁" as Metaspace writes it), then the most frequent pieces of words, each scored by its
+    log frequency as a Unigram model scores pieces. Whole words make an instruction cut
+    mid-word tokenize differently alone and joined to its text, as T5's vocabulary does.
+    """
+    words = ["▁" + word for text in texts for word in text.split()]
+    counts: Counter[str] = Counter()
+    for word in words:
+        for start in range(len(word)):
+            for end in range(start + 1, len(word) + 1):
+                counts[word[start:end]] += 1
+    characters = sorted(piece for piece in counts if len(piece) == 1)
+    whole = sorted(set(words) - set(characters))
+    taken = set(characters) | set(whole)
+    rest = sorted((piece for piece in counts if piece not in taken), key=lambda p: (-counts[p], p))
+    pieces = characters + whole + rest[: max(size - 3 - len(taken), 0)]
+    total = sum(counts[piece] for piece in pieces)
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    return specials + [
+        (piece, math.log(counts[piece] / total))
+        for piece in sorted(pieces, key=lambda p: (-counts[p], p))
+    ]
 
 
 _POOLING_KEYS = {

@@ -499,4 +499,10 @@ def test_estimators_pickled_before_long_text_existed_load_in_truncate_mode(tiny_
         loaded = pickle.loads(pickle.dumps(estimator))
         assert loaded.get_params()["long_text"] == "truncate"
         assert loaded.get_params()["chunk_overlap"] == DEFAULTS["chunk_overlap"]
-    assert pickle.loads(pickle.dumps(retriever)).kneighbors(["dark"], 1)[1].tolist() == [[0]]
+    # It answers as an estimator made in truncate mode does (which document is nearer to
+    # "dark" under random weights is the checkpoint's draw, not this test's subject).
+    truncating = InstructorRetriever(tiny_t5_path, cache=None, long_text="truncate")
+    expected = truncating.fit(SHORT_TEXTS[:2]).kneighbors(["dark"], 2)
+    found = pickle.loads(pickle.dumps(retriever)).kneighbors(["dark"], 2)
+    np.testing.assert_array_equal(found[1], expected[1])
+    np.testing.assert_allclose(found[0], expected[0], rtol=0, atol=1e-6)

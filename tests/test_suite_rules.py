@@ -136,3 +136,19 @@ def test_no_test_times_itself(path):
     # Durations depend on the machine and its load: timings live in benchmarks/.
     source = path.read_text(encoding="utf-8")
     assert not re.search(r"\b(perf_counter|process_time|thread_time)\b", source), path.name
+
+
+def test_the_tiny_checkpoint_is_the_same_every_time_it_is_built(tmp_path):
+    # Every session builds its random checkpoints afresh. A builder that gave different files
+    # on each call (tokenizers' Unigram trainer orders equal-scored pieces by a randomly seeded
+    # hash map: "D" became token 55, 56, 57 or 58) made a test pass or fail by the session's
+    # draw, not by the code under test.
+    from checkpoints import build_t5_checkpoint
+
+    first, second = (build_t5_checkpoint(tmp_path / name) for name in ("first", "second"))
+    files = sorted(path.relative_to(first) for path in first.rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(second) for path in second.rglob("*") if path.is_file())
+    differing = [
+        str(name) for name in files if (first / name).read_bytes() != (second / name).read_bytes()
+    ]
+    assert differing == []
