@@ -36,7 +36,8 @@ from sk_instructor._cache import (
     resolve_cache,
 )
 from sk_instructor._cache import keys as cache_keys
-from sk_instructor._cache.keys import fingerprint_folder
+from sk_instructor._engine import identity
+from sk_instructor._engine.identity import fingerprint_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -821,7 +822,7 @@ def model_folder(tmp_path: Path) -> Path:
 
 
 def _fingerprint_fresh(folder: Path) -> str:
-    cache_keys._MEMO.clear()
+    identity._MEMO.clear()
     return fingerprint_folder(folder)
 
 
@@ -866,7 +867,7 @@ def test_fingerprint_changes_when_a_file_is_renamed(model_folder):
 
 
 def test_fingerprint_samples_large_weight_files(model_folder, monkeypatch):
-    monkeypatch.setattr(cache_keys, "FULL_HASH_LIMIT", 8 * 2**20)
+    monkeypatch.setattr(identity, "FULL_HASH_LIMIT", 8 * 2**20)
     weights = model_folder / "pytorch_model.bin"
     with open(weights, "wb") as handle:  # sparse: costs no disk
         handle.truncate(8 * 2**20)
@@ -895,13 +896,13 @@ def test_fingerprint_is_memoized_until_a_file_changes(model_folder, monkeypatch)
         os.utime(path, ns=(old, old))
     first = _fingerprint_fresh(model_folder)
     hashed: list[str] = []
-    original = cache_keys._file_digest
+    original = identity._file_digest
 
     def counting(path, status):
         hashed.append(path)
         return original(path, status)
 
-    monkeypatch.setattr(cache_keys, "_file_digest", counting)
+    monkeypatch.setattr(identity, "_file_digest", counting)
     assert fingerprint_folder(model_folder) == first
     assert hashed == [], "a second call must not read the files again"
     (model_folder / "config.json").write_text('{"d_model": 10}')
@@ -911,12 +912,12 @@ def test_fingerprint_is_memoized_until_a_file_changes(model_folder, monkeypatch)
 
 def test_fingerprint_of_recently_written_files_is_not_memoized(model_folder, monkeypatch):
     # The files were written just now: within the window however slowly this test gets here.
-    monkeypatch.setattr(cache_keys, "_RACY_WINDOW_NS", 3600 * 10**9)
+    monkeypatch.setattr(identity, "_RACY_WINDOW_NS", 3600 * 10**9)
     fingerprint_folder(model_folder)
     hashed: list[str] = []
-    original = cache_keys._file_digest
+    original = identity._file_digest
     monkeypatch.setattr(
-        cache_keys,
+        identity,
         "_file_digest",
         lambda path, status: hashed.append(path) or original(path, status),
     )

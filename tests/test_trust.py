@@ -27,7 +27,7 @@ from reference_instructor import ReferenceInstructor
 from safetensors.torch import load_file, save_file
 
 from sk_instructor import CheckpointError, DiskCache, InstructorVectorizer, MemoryCache
-from sk_instructor._cache.keys import fingerprint_folder
+from sk_instructor._engine.identity import fingerprint_folder
 from sk_instructor._engine.registry import clear_loaded_models, get_model
 
 # A hang is a failure too. The limit only guards against one: the slowest test here takes about
@@ -368,6 +368,7 @@ def test_a_refused_pickle_names_the_global_and_never_suggests_weights_only_false
 
 def test_non_finite_activations_are_an_error_and_never_cached(tiny_t5_path):
     from sk_instructor._engine.checkpoint import resolve_model
+    from sk_instructor._engine.entry import Encoder, EncodingSettings
     from sk_instructor._engine.model import EmbeddingModel
 
     model = EmbeddingModel(resolve_model(tiny_t5_path), device="cpu")
@@ -380,6 +381,7 @@ def test_non_finite_activations_are_an_error_and_never_cached(tiny_t5_path):
 
     model.transformer.encoder = overflowing_encoder
     cache = MemoryCache()
+    keys = Encoder(EncodingSettings(model=tiny_t5_path, device="cpu"))._keys()  # the entry's
     with pytest.raises(FloatingPointError, match="NaN or infinite values for 1 of"):
-        model.encode([INSTRUCTION] * 3, TEXTS, cache=cache, batch_size=3)
+        model.encode([INSTRUCTION] * 3, TEXTS, cache=cache, keys=keys, batch_size=3)
     assert cache.stats().entries == 0

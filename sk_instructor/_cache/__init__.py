@@ -12,7 +12,7 @@ parameter to one. Nothing here imports torch.
 from .base import CacheStats, EmbeddingCache
 from .disk import DiskCache
 from .disk import _shared_disk_cache as _shared_disk_cache  # see the end of this file
-from .keys import CACHE_FORMAT_VERSION, fingerprint_folder, make_key
+from .keys import CACHE_FORMAT_VERSION, make_key
 from .memory import MemoryCache, default_memory_cache
 from .resolve import resolve_cache
 
@@ -23,7 +23,6 @@ __all__ = [
     "EmbeddingCache",
     "MemoryCache",
     "default_memory_cache",
-    "fingerprint_folder",
     "make_key",
     "resolve_cache",
 ]

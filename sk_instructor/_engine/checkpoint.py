@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._cache.keys import fingerprint_folder
 from .._exceptions import CheckpointError, ModelNotFoundError
+from .identity import current_fingerprint, fingerprint_folder, hub_fingerprint
 
 __all__ = [
     "MAX_JSON_BYTES",
@@ -90,13 +90,17 @@ class StageSpec:
 class ResolvedModel:
     """A checkpoint found on disk.
 
-    ``fingerprint`` names the weights for cache keys: ``hub:<id>@<commit>`` for hub models (the
-    snapshot folder's commit hash), or ``None`` for a local folder, whose fingerprint is computed
-    from its files when they are loaded.
+    ``fingerprint`` names the weights of a hub snapshot (:func:`.identity.hub_fingerprint`);
+    ``None`` for a local folder, whose fingerprint is taken from its files each time it is asked
+    for (:meth:`current_fingerprint`).
     """
 
     folder: Path
     fingerprint: str | None
+
+    def current_fingerprint(self) -> str:
+        """The fingerprint of the weights the files hold now."""
+        return current_fingerprint(self.folder, self.fingerprint)
 
 
 def regular_file(path: Path, *, what: str) -> os.stat_result:
@@ -415,4 +419,4 @@ def _download_from_hub(
         ) from None
     folder_path = Path(folder)
     commit = folder_path.name  # snapshots/<commit hash>/
-    return ResolvedModel(folder=folder_path, fingerprint=f"hub:{repo_id}@{commit}")
+    return ResolvedModel(folder=folder_path, fingerprint=hub_fingerprint(repo_id, commit))
