@@ -29,7 +29,7 @@
 #   2. throughput.py: 4,000 distinct texts, sk_instructor float32 / bfloat16 (default path) against
 #      sentence-transformers float32, 2 alternating repeats: texts/s, MFU, peak memory, max abs
 #      difference to sentence-transformers float32.
-# Targets (issue 13): bfloat16 >= 40% MFU end to end, GPU busy >= 95%, a 50-text call no slower
+# Targets: bfloat16 >= 40% MFU end to end, GPU busy >= 95%, a 50-text call no slower
 # than transformers' path; float32 <= 1e-5, bfloat16 min cosine >= 0.9999.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -29,7 +29,7 @@ Usage (see gpu_check.sh, which runs it with a fresh inductor cache)::
     python benchmarks/gpu_steady_state.py --device cpu --model t5-tiny --dtype float32 \\
         --n-texts 1200 --profile-texts 200 --reference-texts 100 --budgets 1024,2048
 
-Target (issue 13): bfloat16 >= 40% MFU end to end on an H100/H200, instructor-large shape.
+Target: bfloat16 >= 40% MFU end to end on an H100/H200, instructor-large shape.
 """
 
 from __future__ import annotations

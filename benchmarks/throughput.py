@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
 
         runs.append(Run(f"sentence-transformers {dtype}", "st", dtype, st_encode))
 
-    engine = vectorizers["float32"]._engine()
+    engine = vectorizers["float32"]._encoder().load()
     tokenized = engine._tokenizer.tokenize([INSTRUCTION] * len(texts), texts, engine.max_seq_length)
     lengths = tokenized.lengths
     n_tokens = int(lengths.sum())

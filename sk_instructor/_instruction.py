@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import re
 import string
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from ._warnings import warn
 
 __all__ = [
     "DEFAULT_TEMPLATE",
     "InstructionPair",
     "InstructionTemplate",
     "format_instruction",
+    "resolve_instruction",
 ]
 
 DEFAULT_TEMPLATE = "Represent the {domain} {text_type} for {objective}: "
@@ -379,3 +383,46 @@ class InstructionTemplate:
                 cls.RERANKING_DOCUMENT, domain=domain, text_type=document_type
             ),
         )
+
+
+_TEMPLATE_PARTS = ("domain", "text_type", "objective", "template")
+
+
+def resolve_instruction(parameters: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """The instruction the parameters ask for: ``instruction`` when given, else the template
+    filled with ``domain``, ``text_type`` and ``objective``.
+
+    As scikit-learn warns about a parameter that another overrides, a template part set (to
+    other than its default) beside a whole instruction is warned about, once, rather than
+    dropped without a word. Shared by the estimators, the command line and Ray.
+
+    Examples
+    --------
+    >>> defaults = {"instruction": None, "domain": None, "text_type": "sentence",
+    ...             "objective": None, "template": DEFAULT_TEMPLATE}
+    >>> resolve_instruction({**defaults, "domain": "Science", "text_type": "title"}, defaults)
+    'Represent the Science title: '
+    """
+    instruction = parameters.get("instruction")
+    if instruction is None:
+        return format_instruction(
+            parameters.get("template", defaults["template"]),
+            domain=parameters.get("domain", defaults["domain"]),
+            text_type=parameters.get("text_type", defaults["text_type"]),
+            objective=parameters.get("objective", defaults["objective"]),
+        )
+    ignored = {
+        name: parameters[name]
+        for name in _TEMPLATE_PARTS
+        if name in parameters and parameters[name] != defaults[name]
+    }
+    if ignored:
+        shown = ", ".join(f"{name}={value!r}" for name, value in ignored.items())
+        warn(
+            f"instruction={instruction!r} is given, so {shown} "
+            f"{'is' if len(ignored) == 1 else 'are'} ignored; set instruction=None to build "
+            f"the instruction from the template.",
+            UserWarning,
+            cause=("ignored template parts", instruction, *ignored.items()),
+        )
+    return instruction

@@ -9,8 +9,8 @@ compose them, as scikit-learn's ``TfidfVectorizer`` composes ``CountVectorizer``
 - ``constraints(names)`` gives the entries of an estimator's ``_parameter_constraints``;
 - :func:`fill_parameter_docs` writes the numpydoc entries where a docstring says
   ``.. shared parameters:: name, name, ...``;
-- :func:`add_cli_options` adds the options of the command line, and :func:`from_cli` reads
-  their values back.
+- the command line (``sk_instructor._cli.options``) adds an option for each, from its
+  :attr:`Parameter.cli` data, and reads their values back.
 
 ``__init__`` signatures stay explicit (scikit-learn's ``get_params`` reads them); their
 defaults come from here (``DEFAULTS``).
@@ -18,20 +18,18 @@ defaults come from here (``DEFAULTS``).
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from numbers import Integral
-from pathlib import Path
 from typing import Any
 
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 
 from ._cache import EmbeddingCache
-from ._engine.chunking import DEFAULT_CHUNK_OVERLAP
+from ._engine.entry import DEFAULT_CHUNK_OVERLAP
 from ._instruction import DEFAULT_TEMPLATE
 
 __all__ = [
@@ -39,12 +37,8 @@ __all__ = [
     "ENGINE",
     "INSTRUCTION",
     "Parameter",
-    "add_cli_options",
     "constraints",
     "fill_parameter_docs",
-    "from_cli",
-    "non_negative_int",
-    "positive_int",
     "restore_defaults",
     "values",
 ]
@@ -72,12 +66,14 @@ class Parameter:
     doc : str
         The numpydoc description. Its first sentence is the command line's help.
     cli : dict or None
-        ``argparse.add_argument`` keywords besides the help and the default (``type``,
-        ``choices``, ``action``, ``metavar``); ``None``: not a command-line option.
+        The command-line option, as plain data (``sk_instructor._cli.options`` reads it):
+        ``"metavar"`` and ``"choices"``; ``"type"``, what a value must be (``"positive_int"``,
+        ``"non_negative_int"``); ``"flag"``, an option that takes no value: ``"switch"``
+        (given: ``True``) or ``"boolean"`` (``--name`` / ``--no-name``); ``"value"``, how the
+        text given becomes the parameter's value (``"cache"``: ``"none"`` is ``None``,
+        ``"memory"`` itself, anything else a folder). ``None``: not a command-line option.
     flags : tuple of str
         The option strings, when they differ from ``--name-with-dashes``.
-    from_cli : callable or None
-        Turns the parsed option into the parameter's value (``"none"`` -> ``None``).
     cli_help : str or None
         The command line's help where the option means more or less than the parameter
         (a cache object cannot be given on a command line); ``None``: from :attr:`doc`.
@@ -90,7 +86,6 @@ class Parameter:
     doc: str
     cli: dict[str, Any] | None = field(default_factory=dict)
     flags: tuple[str, ...] = ()
-    from_cli: Callable[[Any], Any] | None = None
     cli_help: str | None = None
 
     @property
@@ -111,34 +106,6 @@ class Parameter:
         lines = [f"{indent}{self.name} : {self.type_doc}, default={default}"]
         lines += [f"{indent}    {line}" if line else "" for line in self.doc.splitlines()]
         return "\n".join(lines)
-
-
-def positive_int(value: str) -> int:
-    """argparse ``type`` for options that take a positive integer."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-def non_negative_int(value: str) -> int:
-    """argparse ``type`` for options that take an integer >= 0."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return number
-
-
-def _cache_from_cli(value: str) -> str | Path | None:
-    if value.lower() == "none":
-        return None
-    return value if value == "memory" else Path(value).expanduser()
 
 
 _PARAMETERS = (
@@ -203,7 +170,7 @@ Optional.""",
         "int or None",
         """Upper bound on texts per batch. Batches are otherwise sized by a token budget suited
 to the device (texts are sorted by length, so little padding is computed).""",
-        cli={"type": positive_int, "metavar": "N"},
+        cli={"type": "positive_int", "metavar": "N"},
     ),
     Parameter(
         "device",
@@ -232,7 +199,7 @@ INSTRUCTOR base, large, xl; others ignore it with a warning). Each padded batch 
 compiled the first time it is met (seconds each, about 20 widths up to 512 tokens); inductor
 keeps the compiled code on disk (``TORCHINDUCTOR_CACHE_DIR``), so later processes reuse it.
 Needs a C++ compiler on a CPU.""",
-        cli={"action": "store_true"},
+        cli={"flag": "switch"},
     ),
     Parameter(
         "max_seq_length",
@@ -241,7 +208,7 @@ Needs a C++ compiler on a CPU.""",
         "int or None",
         """Token limit per text, instruction included; ``None`` uses the checkpoint's (512 for
 INSTRUCTOR). Longer texts are truncated with a warning, or split (see ``long_text``).""",
-        cli={"type": positive_int, "metavar": "N"},
+        cli={"type": "positive_int", "metavar": "N"},
     ),
     Parameter(
         "long_text",
@@ -263,15 +230,18 @@ normalize, when ``normalize=True``). Texts that fit are embedded exactly as with
         "int",
         """Tokens that consecutive windows share with ``long_text="chunk"``, at most half a
 window. Ignored with ``"truncate"``.""",
-        cli={"type": non_negative_int, "metavar": "TOKENS"},
+        cli={"type": "non_negative_int", "metavar": "TOKENS"},
     ),
     Parameter(
         "normalize",
         True,
         ["boolean"],
         "bool",
-        """Return unit-length vectors (dot product = cosine similarity).""",
-        cli={"action": argparse.BooleanOptionalAction},
+        """Return unit-length vectors (dot product = cosine similarity). False returns the
+pooled (and Dense-projected) vectors as they are, without the checkpoint's own Normalize stage
+either: unlike sentence-transformers, whose normalize_embeddings=False still runs a Normalize
+stage that the checkpoint lists (hkunlp/instructor-* list one).""",
+        cli={"flag": "boolean"},
     ),
     Parameter(
         "missing",
@@ -289,7 +259,7 @@ the empty string, or return a zero vector.""",
         "bool or None",
         """Show a progress bar. ``None`` shows one for large inputs when stderr is a
 terminal.""",
-        cli={"action": argparse.BooleanOptionalAction, "dest": "show_progress_bar"},
+        cli={"flag": "boolean"},
         flags=("--progress",),
         cli_help="show a progress bar (default: when stderr is a terminal)",
     ),
@@ -302,8 +272,7 @@ terminal.""",
 shared by clones, so a grid search encodes each distinct text once), a folder for a
 persistent on-disk cache shared across processes, an :class:`~sk_instructor.EmbeddingCache`,
 or ``None`` for no cache.""",
-        cli={"metavar": "{memory,none,FOLDER}"},
-        from_cli=_cache_from_cli,
+        cli={"metavar": "{memory,none,FOLDER}", "value": "cache"},
         cli_help="reuse vectors of repeated texts: in memory, not at all, or in an on-disk "
         "cache folder shared by runs",
     ),
@@ -322,7 +291,7 @@ or ``None`` for no cache.""",
         "bool",
         """Only use models already on this machine (a local folder or the Hugging Face cache);
 never download.""",
-        cli={"action": "store_true"},
+        cli={"flag": "switch"},
     ),
 )
 
@@ -368,6 +337,15 @@ def constraints(names: Iterable[str]) -> dict[str, list]:
     return {name: PARAMETERS[name].constraints for name in names}
 
 
+def check(values: dict[str, Any], caller: str) -> None:
+    """Validate ``values`` against their declared constraints, as the estimators' ``fit``
+    does (sklearn's InvalidParameterError, a ValueError naming the parameter); for the
+    interfaces, which take the parameters without building an estimator. Names that are not
+    shared parameters (an estimator's own) are left to their caller."""
+    declared = {name: value for name, value in values.items() if name in PARAMETERS}
+    validate_parameter_constraints(constraints(declared), declared, caller_name=caller)
+
+
 def values(source: Any, names: Iterable[str]) -> dict[str, Any]:
     """``{name: source.name}`` for ``names``: how one component configures another."""
     return {name: getattr(source, name) for name in names}
@@ -390,32 +368,3 @@ def fill_parameter_docs(documented: Any) -> Any:
     if documented.__doc__:
         documented.__doc__ = _DOC_DIRECTIVE.sub(entries, documented.__doc__)
     return documented
-
-
-def add_cli_options(group: Any, names: Iterable[str]) -> None:
-    """Add the command-line options of ``names`` to an argparse parser or group."""
-    for name in names:
-        parameter = PARAMETERS[name]
-        options = dict(parameter.cli or {})
-        flags = parameter.flags or ("--" + name.replace("_", "-"),)
-        options.setdefault("dest", name)
-        default = parameter.default
-        if options.get("action") is argparse.BooleanOptionalAction and default is not None:
-            shown = f" (default: --{'' if default else 'no-'}{name.replace('_', '-')})"
-        elif default is None or isinstance(default, bool):
-            shown = ""
-        else:
-            shown = " (default: %(default)s)"
-        group.add_argument(
-            *flags, default=default, help=parameter.help.replace("%", "%%") + shown, **options
-        )
-
-
-def from_cli(arguments: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
-    """The parameter values of ``names`` from parsed command-line ``arguments``."""
-    settings = {}
-    for name in names:
-        value = getattr(arguments, name)
-        convert = PARAMETERS[name].from_cli
-        settings[name] = convert(value) if convert is not None and value is not None else value
-    return settings

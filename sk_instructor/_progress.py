@@ -13,8 +13,10 @@ warning printed once the bar is full closes the bar first instead of redrawing i
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -189,3 +191,62 @@ class _Piece:
     def finish(self) -> None:
         """Count the rows the engine did not report (rows written as zero vectors)."""
         self.update(len(self._cumulative) - 1 - self._done)
+
+
+# Show a progress bar by default only for inputs at least this large (on a terminal or in a
+# notebook).
+_PROGRESS_MIN_ROWS = 256
+# INSTRUCTOR's window, for the estimate when max_seq_length is not set.
+_USUAL_MAX_SEQ_LENGTH = 512
+
+
+@contextlib.contextmanager
+def text_progress(
+    show: bool | None,
+    instructions: list[str],
+    texts: list[str | None],
+    max_seq_length: int | None,
+    *,
+    missing: str = "empty",
+    outside: Any = None,
+) -> Iterator[Any]:
+    """What an estimator's call hands the engine to advance: ``outside`` (a caller's own bar)
+    when given, else a bar of its own where one is wanted (``show``; ``None``: for large inputs
+    on a terminal or in a Jupyter notebook), else None.
+
+    The bar counts the texts that go through the engine (not the missing ones that
+    ``missing="zero"`` turns into zero rows) and is timed in characters: the engine encodes
+    the longest texts first.
+    """
+    if outside is not None:
+        yield outside
+        return
+    encoded = [
+        (instruction, text or "")
+        for instruction, text in zip(instructions, texts, strict=True)
+        if not (text is None and missing == "zero")
+    ]
+    if show is None:
+        show = len(encoded) >= _PROGRESS_MIN_ROWS and (_is_terminal(sys.stderr) or in_notebook())
+    if not show:
+        yield None
+        return
+    work = text_work(
+        [instruction for instruction, _ in encoded],
+        [text for _, text in encoded],
+        max_seq_length or _USUAL_MAX_SEQ_LENGTH,
+    )
+    bar = Progress(
+        n_rows=len(encoded), total_work=int(work.sum()), show=True, noun="texts", leave=False
+    )
+    with bar:
+        piece = bar.piece(work)
+        yield piece
+        piece.finish()
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False

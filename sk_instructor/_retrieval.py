@@ -11,6 +11,7 @@ embedding cache are the vectorizer's; the search is
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from numbers import Integral
 from typing import Any, ClassVar
 
@@ -20,8 +21,12 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from . import _params as params
+from ._cache import resolve_cache
+from ._engine.entry import ChunkedEmbeddings, Encoder, EncodingSettings
+from ._input import read_text_column
 from ._instruction import InstructionPair, InstructionTemplate
 from ._params import DEFAULTS
+from ._progress import text_progress
 from ._search import cosine_kneighbors, grouped_cosine_kneighbors
 from ._vectorizer import InstructorVectorizer
 from .metrics import mrr_at_k
@@ -253,7 +258,7 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         for name in ("chunk_embeddings_", "chunk_documents_"):
             self.__dict__.pop(name, None)
         if self.long_text == "chunk":
-            chunks = vectorizer._fit_embed_chunks(corpus)
+            chunks = self._embed_chunks(vectorizer, corpus)
             self.chunk_embeddings_ = chunks.vectors
             self.chunk_documents_ = chunks.owners
             self.document_embeddings_ = chunks.pool(normalize=True)
@@ -397,6 +402,28 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         return InstructionPair(*pair)
 
     # -- internals -----------------------------------------------------------------------------
+    @staticmethod
+    def _embed_chunks(vectorizer: InstructorVectorizer, corpus: Any) -> ChunkedEmbeddings:
+        """Each document's chunk vectors, in corpus order (one, the text's own, when it fits
+        the window), under the document instruction: the index of ``long_text="chunk"``."""
+        # Read twice (checked by the vectorizer's fit, then embedded): a generator is listed.
+        corpus = list(corpus) if isinstance(corpus, Iterator) else corpus
+        vectorizer.fit(corpus)  # checks the input and the parameters, loads the model
+        texts = read_text_column(corpus).texts
+        settings = EncodingSettings.from_parameters(
+            vectorizer.get_params(deep=False), device=vectorizer.device_
+        )
+        encoder = Encoder(settings, resolve_cache(vectorizer.cache))
+        instructions = [vectorizer.instruction_] * len(texts)
+        with text_progress(
+            vectorizer.show_progress_bar,
+            instructions,
+            texts,
+            vectorizer.max_seq_length,
+            missing=vectorizer.missing,
+        ) as progress:
+            return encoder.encode_chunks(instructions, texts, progress=progress)
+
     def _vectorizer(self, instruction: str) -> InstructorVectorizer:
         # Cosine search on unit vectors: the dot product is the cosine.
         return InstructorVectorizer(

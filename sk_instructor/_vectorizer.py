@@ -6,10 +6,8 @@ container and hands (instruction, text) pairs to the shared encoding engine.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import (
@@ -22,26 +20,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _params as params
 from ._cache import resolve_cache
-from ._cache.keys import KeySettings
-from ._engine.checkpoint import CheckpointSummary, summarize_model
-from ._engine.device import dtype_name, resolve_device
-from ._engine.lookup import CacheLookup
+from ._engine.entry import Encoder, EncodingSettings, resolve_device
 from ._input import TextColumn, describe_rows, read_text_column
-from ._instruction import format_instruction
+from ._instruction import resolve_instruction
 from ._params import DEFAULTS
-from ._progress import Progress, in_notebook, text_work
+from ._progress import text_progress
 from ._warnings import warn
 
-if TYPE_CHECKING:
-    from ._engine.chunking import ChunkedEmbeddings
-
 __all__ = ["InstructorVectorizer"]
-
-# Show a progress bar by default only for inputs at least this large (on a terminal or in a
-# notebook).
-_PROGRESS_MIN_ROWS = 256
-# INSTRUCTOR's window, for the progress bar's estimate when max_seq_length is not set.
-_USUAL_MAX_SEQ_LENGTH = 512
 
 
 @params.fill_parameter_docs
@@ -236,7 +222,8 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ndarray of shape (n_texts, embedding_dim_), float32
             One row per text.
         """
-        return self._embed(self._fit(X, load=False))
+        column, encoder = self._fit(X, load=False)
+        return self._embed(column, encoder)
 
     def transform(self, X: Any) -> np.ndarray:
         """Embed each text of ``X``.
@@ -252,14 +239,10 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ndarray of shape (n_texts, embedding_dim_), float32
             One row per text; zero rows for missing texts when ``missing="zero"``.
         """
-        return self._transform(X)
-
-    def _transform(self, X: Any, *, progress: Any = None) -> np.ndarray:
-        """``transform``, advancing an outside progress bar (the command line's) if given."""
         check_is_fitted(self, "embedding_dim_")
         column = self._read(X)
         validate_data(self, X, reset=False, skip_check_array=True, ensure_2d=False)
-        return self._embed(column, progress=progress)
+        return self._embed(column, self._encoder())
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Output names ``instructorvectorizer0`` ... one per embedding dimension.
@@ -315,7 +298,9 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 self.device_ = fallback
 
     # -- internals -----------------------------------------------------------------------------
-    def _fit(self, X: Any, *, load: bool = True) -> TextColumn:
+    def _fit(self, X: Any, *, load: bool = True) -> tuple[TextColumn, Encoder]:
+        """Check ``X`` and the parameters, record what fit records; returns the column read
+        and the encoder of this call (its model loaded and checked when ``load``)."""
         column = self._read(X)
         if not column.texts:
             raise ValueError(
@@ -330,25 +315,21 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         # A bad template fails here, at fit, like every other invalid parameter.
         self.instruction_ = self._resolve_instruction()
         self.device_ = resolve_device(self.device)
-        if not load:
-            # fit_transform: the model is loaded only if the cache lacks a vector (the engine
-            # then checks the limits below before encoding anything).
-            self.embedding_dim_ = self._summary().embedding_dim
-            return column
-        engine = self._engine()
-        # A max_seq_length the encoder cannot take, or an instruction that leaves it no room for
-        # text, fails here, at fit, not at the first transform.
-        engine.check_max_seq_length(self.max_seq_length)
-        if self.instruction_ is not None:
-            engine.check_instruction(self.instruction_, self.max_seq_length)
-        self.embedding_dim_ = engine.embedding_dim
-        return column
+        encoder = self._encoder()
+        if load:
+            # A max_seq_length the encoder cannot take, or an instruction that leaves it no
+            # room for text, fails here, at fit, not at the first transform. (fit_transform
+            # loads only if the cache lacks a vector; the engine then checks the same.)
+            encoder.check(self.instruction_)
+        self.embedding_dim_ = encoder.embedding_dim
+        return column, encoder
 
-    def _summary(self) -> CheckpointSummary:
-        """What the checkpoint's files say, read without loading the model."""
-        return summarize_model(
-            self.model, revision=self.revision, local_files_only=self.local_files_only
+    def _encoder(self) -> Encoder:
+        """The engine's entry for one call, with this vectorizer's settings."""
+        settings = EncodingSettings.from_parameters(
+            self.get_params(deep=False), device=getattr(self, "device_", self.device)
         )
+        return Encoder(settings, resolve_cache(self.cache))
 
     def _read(self, X: Any) -> TextColumn:
         return read_text_column(X, per_row_instructions=self.per_row_instructions)
@@ -370,173 +351,17 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                     f"used; set one or the other."
                 )
             return None
-        if self.instruction is None:
-            return format_instruction(
-                self.template,
-                domain=self.domain,
-                text_type=self.text_type,
-                objective=self.objective,
-            )
-        # As scikit-learn warns about parameters that another one overrides: a template part
-        # set beside a whole instruction would otherwise be dropped without a word.
-        ignored = {
-            name: getattr(self, name)
-            for name in params.INSTRUCTION[1:]
-            if getattr(self, name) != DEFAULTS[name]
-        }
-        if ignored:
-            shown = ", ".join(f"{name}={value!r}" for name, value in ignored.items())
-            warn(
-                f"instruction={self.instruction!r} is given, so {shown} "
-                f"{'is' if len(ignored) == 1 else 'are'} ignored; set instruction=None to build "
-                f"the instruction from the template.",
-                UserWarning,
-                cause=("ignored template parts", self.instruction, *ignored.items()),
-            )
-        return self.instruction
+        return resolve_instruction(params.values(self, params.INSTRUCTION), DEFAULTS)
 
-    def _engine(self):
-        from ._engine.registry import get_model
-
-        return get_model(
-            self.model,
-            revision=self.revision,
-            device=getattr(self, "device_", self.device),
-            dtype=self.dtype,
-            local_files_only=self.local_files_only,
-            compile=self.compile,
-        )
-
-    def _embed(self, column: TextColumn, *, progress: Any = None) -> np.ndarray:
-        texts = column.texts
-        rows = self._rows_to_encode(column)
-        output = np.zeros((len(texts), self.embedding_dim_), dtype=np.float32)
-        if len(rows) == 0:
-            return output
-        instructions = column.instructions or [self.instruction_] * len(texts)
-        instructions = [instructions[i] for i in rows]
-        texts = [texts[i] if texts[i] is not None else "" for i in rows]
-        cache = resolve_cache(self.cache)
-        with self._bar(instructions, texts, progress) as progress:
-            lookup = self._look_up(instructions, texts, cache, progress)
-            if lookup is not None and lookup.complete:
-                # Every vector is in the cache: the model is not even loaded.
-                output[rows] = lookup.result()
-                return output
-            output[rows] = self._engine().encode(
-                instructions,
-                texts,
-                batch_size=self.batch_size,
-                max_seq_length=self.max_seq_length,
-                long_text=self.long_text,
-                chunk_overlap=self.chunk_overlap,
-                normalize=self.normalize,
-                cache=cache,
-                progress=progress,
-                lookup=lookup,
-            )
-        return output
-
-    def _look_up(self, instructions, texts, cache, progress) -> CacheLookup | None:
-        """What ``cache`` holds for these texts, found from the checkpoint's files alone.
-
-        The keys are the engine's own (same fingerprint, limit, dtype and pooling, read from
-        the same files), so a second process on a disk cache answers without loading the
-        model. Chunked texts are keyed by their chunks, which only the tokenizer can cut.
-        """
-        if cache is None or self.long_text != "truncate":
-            return None
-        summary = self._summary()
-        settings = KeySettings(
-            model_fingerprint=summary.fingerprint,
-            max_seq_length=self.max_seq_length or summary.max_seq_length,
-            dtype=dtype_name(self.dtype, self.device_, summary.model_type),
-            normalize=bool(self.normalize),
-            pooling=summary.pooling,
-        )
-        return CacheLookup(
-            instructions,
-            texts,
-            embedding_dim=summary.embedding_dim,
-            cache=cache,
-            settings=settings,
-            progress=progress,
-        )
-
-    def _fit_embed_chunks(self, X: Any) -> ChunkedEmbeddings:
-        """Fit, then embed ``X`` as chunks, whatever ``long_text`` says (the retriever's index).
-
-        Each text gives its chunk vectors (one, the text's own, when it fits the window), in
-        row order; a missing text under ``missing="zero"`` gives one zero chunk.
-        """
-        self._validate_params()
-        column = self._fit(X)
-        texts = column.texts
-        rows = self._rows_to_encode(column)
-        engine = self._engine()
-        instructions = column.instructions or [self.instruction_] * len(texts)
-        instructions = [instructions[i] for i in rows]
-        encoded = [texts[i] if texts[i] is not None else "" for i in rows]
-        with self._bar(instructions, encoded, None) as progress:
-            chunks = engine.encode_chunks(
-                instructions,
-                encoded,
-                chunk_overlap=self.chunk_overlap,
-                batch_size=self.batch_size,
-                max_seq_length=self.max_seq_length,
-                normalize=self.normalize,
-                cache=resolve_cache(self.cache),
-                progress=progress,
-            )
-        if len(rows) == len(texts):
-            return chunks
-        # Zero chunks for the rows left out, merged into row order.
-        skipped = np.setdiff1d(np.arange(len(texts)), rows)
-        owners = np.concatenate([rows[chunks.owners], skipped])
-        order = np.argsort(owners, kind="stable")
-        zeros = np.zeros((len(skipped), engine.embedding_dim), dtype=np.float32)
-        return type(chunks)(
-            vectors=np.concatenate([chunks.vectors, zeros])[order],
-            owners=owners[order],
-            weights=np.concatenate([chunks.weights, np.ones(len(skipped), np.int64)])[order],
-            n_rows=len(texts),
-        )
-
-    def _rows_to_encode(self, column: TextColumn) -> np.ndarray:
-        """The rows that go through the engine: all but the missing ones under missing="zero"."""
+    def _embed(self, column: TextColumn, encoder: Encoder, *, progress: Any = None) -> np.ndarray:
         self._check_missing(column)
-        keep = np.ones(len(column.texts), dtype=bool)
-        if column.missing_rows and self.missing == "zero":
-            keep[column.missing_rows] = False
-        return np.flatnonzero(keep)
-
-    @contextlib.contextmanager
-    def _bar(self, instructions: list[str], texts: list[str], progress: Any):
-        """What the engine advances: an outside progress object (the command line's) if
-        given, else a bar of our own where one is wanted: when asked, or for large inputs on
-        a terminal or in a Jupyter notebook."""
-        if progress is not None:
-            yield progress
-            return
-        show = self.show_progress_bar
-        if show is None:
-            show = len(texts) >= _PROGRESS_MIN_ROWS and (_is_terminal(sys.stderr) or in_notebook())
-        if not show:
-            yield None
-            return
-        # Counted in texts, timed in characters: the engine encodes the longest texts first.
-        work = text_work(instructions, texts, self.max_seq_length or _USUAL_MAX_SEQ_LENGTH)
-        bar = Progress(
-            n_rows=len(texts), total_work=int(work.sum()), show=True, noun="texts", leave=False
-        )
-        with bar:
-            piece = bar.piece(work)
-            yield piece
-            piece.finish()
-
-
-def _is_terminal(stream: Any) -> bool:
-    try:
-        return stream is not None and stream.isatty()
-    except (AttributeError, ValueError):  # a replaced or closed stream
-        return False
+        instructions = column.instructions or [self.instruction_] * len(column.texts)
+        with text_progress(
+            self.show_progress_bar,
+            instructions,
+            column.texts,
+            self.max_seq_length,
+            missing=self.missing,
+            outside=progress,
+        ) as advance:
+            return encoder.encode(instructions, column.texts, progress=advance)

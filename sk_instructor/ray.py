@@ -3,9 +3,8 @@
 Install with ``pip install "sk-instructor[ray]"``. Importing this module does not import Ray;
 calling :func:`embed_dataset` does, and says which extra to install when Ray is absent.
 
-Each Ray actor builds and fits its own :class:`~sk_instructor.InstructorVectorizer` from the
-parameters of the one given, once, so the model is loaded once per actor (per GPU) and every
-batch goes through the same encoding engine as an in-process ``transform``.
+Each Ray actor takes the parameters of the vectorizer given and loads the model once (per
+GPU); every batch then goes through the engine's entry, as an in-process ``transform`` does.
 """
 
 from __future__ import annotations
@@ -91,6 +90,7 @@ def embed_dataset(
     >>> embedded.write_parquet("s3://bucket/papers-embedded/")  # doctest: +SKIP
     """
     ray_data = _import_ray_data()
+    from ._params import check as check_parameters
     from ._vectorizer import InstructorVectorizer
 
     if not isinstance(dataset, ray_data.Dataset):
@@ -108,7 +108,7 @@ def embed_dataset(
         )
     params = vectorizer.get_params(deep=False)
     params["show_progress_bar"] = False  # Ray reports progress; a bar per actor would garble it
-    InstructorVectorizer(**params)._validate_params()
+    check_parameters(params, "InstructorVectorizer")
     if params["per_row_instructions"]:
         raise ValueError(
             "embed_dataset embeds one text column under the vectorizer's instruction; "
@@ -145,20 +145,32 @@ def embed_dataset(
 
 
 class _EmbedBatches:
-    """What each Ray actor runs: one vectorizer, fitted once, applied to every batch."""
+    """What each Ray actor runs: the engine's entry, under the vectorizer's settings.
+
+    The model is loaded once per actor, when it starts; each batch is one call of the engine
+    (one :class:`Encoder`), so a batch is computed by one set of weights from its first row to
+    its last, and a model folder saved over between batches is noticed by the next one.
+    """
 
     def __init__(self, params: dict[str, Any], column: str, output_column: str) -> None:
-        from ._vectorizer import InstructorVectorizer
+        from ._cache import resolve_cache
+        from ._engine.entry import Encoder, EncodingSettings
+        from ._instruction import resolve_instruction
+        from ._params import DEFAULTS
 
-        # fit learns nothing from texts: it resolves the instruction and loads the model, here
-        # once per actor rather than once per batch.
-        self.vectorizer = InstructorVectorizer(**params).fit([""])
+        self.instruction = resolve_instruction(params, DEFAULTS)
+        self.settings = EncodingSettings.from_parameters(params)
+        self.cache = resolve_cache(params["cache"])
+        # Loaded (and checked against the instruction) here, once per actor: a bad
+        # max_seq_length fails when the actor starts, not in its first batch.
+        Encoder(self.settings).check(self.instruction)
         self.column = column
         self.output_column = output_column
 
     def __call__(self, batch: pyarrow.Table) -> pyarrow.Table:
-        import numpy as np
         import pyarrow as pa
+
+        from ._engine.entry import Encoder
 
         if self.column not in batch.column_names:
             raise KeyError(
@@ -170,13 +182,11 @@ class _EmbedBatches:
                 f"output_column"
             )
         texts = batch.column(self.column).to_pylist()
-        dim = self.vectorizer.embedding_dim_
-        vectors = (
-            self.vectorizer.transform(texts) if texts else np.zeros((0, dim), dtype=np.float32)
-        )
+        encoder = Encoder(self.settings, self.cache)
+        vectors = encoder.encode([self.instruction] * len(texts), texts)
         values = pa.array(vectors.reshape(-1), type=pa.float32())
         return batch.append_column(
-            self.output_column, pa.FixedSizeListArray.from_arrays(values, dim)
+            self.output_column, pa.FixedSizeListArray.from_arrays(values, encoder.embedding_dim)
         )
 
 

@@ -170,13 +170,16 @@ def _unigram_vocab(texts: list[str], size: int) -> list[tuple[str, float]]:
     mid-word tokenize differently alone and joined to its text, as T5's vocabulary does.
     """
     words = ["▁" + word for text in texts for word in text.split()]
+    instruction_words = {
+        "▁" + word for text in texts if text.startswith("Represent") for word in text.split()
+    }
     counts: Counter[str] = Counter()
     for word in words:
         for start in range(len(word)):
             for end in range(start + 1, len(word) + 1):
                 counts[word[start:end]] += 1
     characters = sorted(piece for piece in counts if len(piece) == 1)
-    whole = sorted(set(words) - set(characters))
+    whole = sorted(instruction_words - set(characters))
     taken = set(characters) | set(whole)
     rest = sorted((piece for piece in counts if piece not in taken), key=lambda p: (-counts[p], p))
     pieces = characters + whole + rest[: max(size - 3 - len(taken), 0)]

@@ -18,6 +18,9 @@ import pytest
 # at its boundary, or find models in the suite's own hub cache below.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite loads dozens of small checkpoints and shares them through session fixtures: keep
+# them all (the default bound of 4 is tested in tests/test_engine_entry.py).
+os.environ.setdefault("SK_INSTRUCTOR_MAX_LOADED_MODELS", "1000")
 
 # The suite's own Hugging Face cache, set before anything imports huggingface_hub (which reads
 # it once): the user's cache never leaks into a test, and the fixture hub_models fills it.

@@ -37,13 +37,13 @@ class ReferenceInstructor:
 
     @torch.no_grad()
     def embed(self, instruction: str, text: str) -> np.ndarray:
-        # Rules 1-2: text stripped, joined with no separator, the whole stripped again.
+        # Text stripped, joined with no separator, the whole stripped again.
         model_input = (instruction + text.strip()).strip()
-        # Rule 3: truncation to max_seq_length.
+        # Truncation to max_seq_length.
         encoded = self.tokenizer(
             model_input, truncation=True, max_length=self.max_len, return_tensors="pt"
         )
-        # Rule 4: the instruction, stripped, tokenized alone, minus its trailing special token.
+        # The instruction, stripped, tokenized alone, minus its trailing special token.
         n = (
             len(
                 self.tokenizer(instruction.strip(), truncation=True, max_length=self.max_len)[
@@ -52,16 +52,16 @@ class ReferenceInstructor:
             )
             - 1
         )
-        # Rule 5: n <= 1 masks nothing.
+        # n <= 1 masks nothing.
         if n <= 1:
             n = 0
-        # Rule 6: the encoder sees the full attention mask.
+        # The encoder sees the full attention mask.
         hidden = self.encoder(**encoded).last_hidden_state[0].double()
         pooling_mask = torch.ones(hidden.shape[0], dtype=torch.float64)
         pooling_mask[:n] = 0.0
-        # Rule 7: masked mean with the count clamped at 1e-9.
+        # Masked mean with the count clamped at 1e-9.
         pooled = (hidden * pooling_mask[:, None]).sum(0) / pooling_mask.sum().clamp(min=1e-9)
-        # Rule 8: Dense (no bias, Identity), then L2 normalisation.
+        # Dense (no bias, Identity), then L2 normalisation.
         projected = self.dense_weight @ pooled
         norm = projected.norm()
         return (projected / norm if norm > 0 else projected).numpy()

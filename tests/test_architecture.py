@@ -23,7 +23,9 @@ LAYERS = {
     "estimators": 3,
     "interfaces": 4,
 }
-# The first matching prefix decides a module's layer.
+# A package (a folder) holds its modules; any other entry names exactly one module, so that a
+# new module is in no layer until it is placed here. The first match decides.
+PACKAGES = ("sk_instructor._cache", "sk_instructor._engine", "sk_instructor._cli")
 MODULE_LAYERS = [
     ("sk_instructor._cache", "cache"),
     ("sk_instructor._engine", "engine"),
@@ -52,9 +54,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+# The engine's one entry: every module outside the engine imports from the engine this alone.
+ENGINE_ENTRY = "sk_instructor._engine.entry"
+
+
 def _layer(module: str) -> str:
-    for prefix, layer in MODULE_LAYERS:
-        if module == prefix or module.startswith(prefix + "."):
+    for name, layer in MODULE_LAYERS:
+        inside = name in PACKAGES and module.startswith(name + ".")
+        if module == name or inside:
             return layer
     raise AssertionError(f"{module} is in no layer: add it to MODULE_LAYERS")
 
@@ -111,3 +118,27 @@ def test_every_module_is_in_a_layer_and_the_layers_are_the_folders():
         _layer(_module_name(path))
     folders = {path.parent.name for path in MODULES if path.parent != PACKAGE}
     assert {"_engine", "_cache", "_cli"} <= folders
+
+
+@pytest.mark.parametrize(
+    "path",
+    [path for path in MODULES if _layer(_module_name(path)) != "engine"],
+    ids=lambda path: _module_name(path),
+)
+def test_outside_the_engine_only_its_entry_point_is_imported(path):
+    # Keys, lookups, loading and encoding are decided in one place: the estimators and the
+    # interfaces hand it settings and texts and never reach the registry or a loaded model.
+    module = _module_name(path)
+    for name, line in _imports(path):
+        if name == "sk_instructor._engine" or not name.startswith("sk_instructor._engine."):
+            continue  # the package itself is listed beside every "from ._engine.x import"
+        assert name == ENGINE_ENTRY or name.startswith(ENGINE_ENTRY + "."), (
+            f"{module} (line {line}) imports {name}: outside the engine, import from "
+            f"{ENGINE_ENTRY} only"
+        )
+
+
+def test_a_new_module_is_placed_in_a_layer_by_name():
+    # The package's own name covers sk_instructor/__init__.py only, not every new module.
+    with pytest.raises(AssertionError, match="in no layer"):
+        _layer("sk_instructor._something_new")

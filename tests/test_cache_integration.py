@@ -208,9 +208,11 @@ def test_truncated_store_is_rebuilt_with_a_warning(tmp_path, tiny_t5_path):
 
 def test_failure_mid_transform_leaves_the_cache_consistent(tiny_t5_path, monkeypatch):
     from sk_instructor._engine.checkpoint import resolve_model
+    from sk_instructor._engine.entry import Encoder, EncodingSettings
     from sk_instructor._engine.model import EmbeddingModel
 
     model = EmbeddingModel(resolve_model(tiny_t5_path), device="cpu")
+    keys = Encoder(EncodingSettings(model=tiny_t5_path, device="cpu"))._keys()  # the entry's
     cache = MemoryCache()
     texts = [f"row {k} " + "x " * k for k in range(40)]
     expected = model.encode([""] * 40, texts)
@@ -224,10 +226,10 @@ def test_failure_mid_transform_leaves_the_cache_consistent(tiny_t5_path, monkeyp
 
     monkeypatch.setattr(model.transformer, "encoder", failing_encoder)
     with pytest.raises(RuntimeError, match="third batch"):
-        model.encode([""] * 40, texts, cache=cache, batch_size=8)
+        model.encode([""] * 40, texts, cache=cache, keys=keys, batch_size=8)
     stored = cache.stats().entries
     assert stored == 16  # the two batches finished before the failure, nothing partial
     monkeypatch.setattr(model.transformer, "encoder", real_encoder)
-    got = model.encode([""] * 40, texts, cache=cache, batch_size=8)
+    got = model.encode([""] * 40, texts, cache=cache, keys=keys, batch_size=8)
     np.testing.assert_allclose(got, expected, atol=1e-6)  # other batches: float32 rounding
     assert cache.stats().hits == stored

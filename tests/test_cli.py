@@ -24,7 +24,8 @@ import pytest
 
 from sk_instructor import InstructorVectorizer
 from sk_instructor._cli import main
-from sk_instructor._cli.chunked_output import ChunkedOutput
+from sk_instructor._cli.output_parts import OutputParts
+from sk_instructor._engine.entry import Encoder
 
 INSTRUCTION = "Represent the Science title: "
 _WORDS = (
@@ -503,29 +504,29 @@ def _interrupt_in_call(monkeypatch, call: int) -> list[int]:
     """Make the ``call``-th encoder call of the run raise KeyboardInterrupt (as Ctrl-C would
     there: most of a run is spent encoding); returns the rows of each call, growing."""
     rows: list[int] = []
-    original = InstructorVectorizer._transform
+    original = Encoder.encode
 
-    def transform(self, texts, **kwargs):
+    def encode(self, instructions, texts, **kwargs):
         if len(rows) + 1 == call:
             rows.append(0)
             raise KeyboardInterrupt
         rows.append(len(texts))
-        return original(self, texts, **kwargs)
+        return original(self, instructions, texts, **kwargs)
 
-    monkeypatch.setattr(InstructorVectorizer, "_transform", transform)
+    monkeypatch.setattr(Encoder, "encode", encode)
     return rows
 
 
 def _record_commits(monkeypatch, clock=None) -> list[tuple[int, int, float | None]]:
-    """Record (first row, rows, clock reading) of each chunk committed."""
+    """Record (first row, rows, clock reading) of each part committed."""
     commits: list[tuple[int, int, float | None]] = []
-    original = ChunkedOutput.write_chunk
+    original = OutputParts.write_part
 
-    def write_chunk(self, first_row, vectors, **kwargs):
+    def write_part(self, first_row, vectors, **kwargs):
         original(self, first_row, vectors, **kwargs)
         commits.append((first_row, len(vectors), clock() if clock else None))
 
-    monkeypatch.setattr(ChunkedOutput, "write_chunk", write_chunk)
+    monkeypatch.setattr(OutputParts, "write_part", write_part)
     return commits
 
 
@@ -537,7 +538,7 @@ def test_resume_computes_only_the_missing_chunks(tmp_path, tiny_t5_path, monkeyp
     _interrupt_in_call(monkeypatch, 4)
 
     assert main(args) == 130
-    assert "3 chunk(s), 18 rows" in capsys.readouterr().err
+    assert "3 part(s), 18 rows" in capsys.readouterr().err
     assert not output.exists()
     monkeypatch.undo()
     commits = _record_commits(monkeypatch)
@@ -565,7 +566,7 @@ def test_ctrl_c_keeps_the_rows_embedded_so_far_in_a_file_smaller_than_a_chunk(
     assert main(args) == 130
 
     saved = calls[0]  # the rows of the first call, done when Ctrl-C came in the second
-    assert f"1 chunk(s), {saved} rows" in capsys.readouterr().err
+    assert f"1 part(s), {saved} rows" in capsys.readouterr().err
     monkeypatch.undo()
     calls = _interrupt_in_call(monkeypatch, 0)
     assert main(args) == 0
@@ -586,13 +587,13 @@ def test_chunks_are_committed_every_commit_seconds_whatever_the_chunk_size(
     # A clock that only moves when the encoder works: 0.1 s per row.
     now = [0.0]
     monkeypatch.setattr(cli, "_clock", lambda: now[0])
-    original = InstructorVectorizer._transform
+    original = Encoder.encode
 
-    def transform(self, texts, **kwargs):
+    def encode(self, instructions, texts, **kwargs):
         now[0] += 0.1 * len(texts)
-        return original(self, texts, **kwargs)
+        return original(self, instructions, texts, **kwargs)
 
-    monkeypatch.setattr(InstructorVectorizer, "_transform", transform)
+    monkeypatch.setattr(Encoder, "encode", encode)
     commits = _record_commits(monkeypatch, clock=lambda: now[0])
     args = embed_args(input_path, output, tiny_t5_path, "--id-column", "id")
 
@@ -646,7 +647,7 @@ def test_resume_refuses_other_options_and_restart_discards(
     assert "different instruction;" in capsys.readouterr().err
     assert main([*embed_args(input_path, output, tiny_t5_path), "--no-normalize"]) == 1
     assert "different normalize;" in capsys.readouterr().err
-    assert len(ChunkedOutput(output, {}).completed_chunks()) == 2  # refused, and kept
+    assert len(OutputParts(output, {}).completed_parts()) == 2  # refused, and kept
 
     assert main([*args, "--restart"]) == 0
     expected = expected_vectors(tiny_t5_path, texts, instruction=other)
@@ -737,8 +738,8 @@ import importlib, signal, sys
 
 signal.signal(signal.SIGINT, signal.default_int_handler)
 main = importlib.import_module("sk_instructor._cli.main")
-chunked_output = importlib.import_module("sk_instructor._cli.chunked_output")
-owners = {"ChunkedOutput": chunked_output.ChunkedOutput, "main": main}
+output_parts = importlib.import_module("sk_instructor._cli.output_parts")
+owners = {"OutputParts": output_parts.OutputParts, "main": main}
 
 def gate(function, gated_call):
     calls = 0
@@ -881,7 +882,7 @@ def test_sigkill_leaves_only_complete_chunks_and_resume_equals_uninterrupted_run
 ):
     # Killed wherever it is once 3 chunks are written: in a chunk's write, between two, or
     # held before the _SIGNAL_GATE-th.
-    gate = f"ChunkedOutput:write_chunk:{_SIGNAL_GATE}"
+    gate = f"OutputParts:write_part:{_SIGNAL_GATE}"
     process = _start_cli([*signal_run["args"], *killed_with], tmp_path, gate=gate)
     _wait_for_chunks(signal_run["parts"], 3, process)
 
@@ -899,7 +900,7 @@ def test_ctrl_c_loses_no_completed_chunk_and_resume_equals_uninterrupted_run(
     tmp_path, signal_run, capsys
 ):
     options = ["--chunk-size", str(_SIGNAL_CHUNK)]
-    gate = f"ChunkedOutput:write_chunk:{_SIGNAL_GATE}"
+    gate = f"OutputParts:write_part:{_SIGNAL_GATE}"
     process = _start_cli([*signal_run["args"], *options], tmp_path, gate=gate)
     _wait_for_chunks(signal_run["parts"], 3, process)
     before = _chunk_files(signal_run["parts"])
@@ -931,9 +932,9 @@ def test_a_run_started_while_another_writes_the_output_stops_and_leaves_it_one_o
     output = tmp_path / "vectors.npy"
     args = [*embed_args(input_path, output, tiny_t5_path), "--cache", "none"]
 
-    first = _start_cli(args, tmp_path, gate="ChunkedOutput:write_chunk:1")
+    first = _start_cli(args, tmp_path, gate="OutputParts:write_part:1")
     # Started at once, so that both import in parallel, but held until the first has its lock.
-    second = _start_cli(args, tmp_path, gate="main:main:1,main:_build_vectorizer:1")
+    second = _start_cli(args, tmp_path, gate="main:main:1,main:_open_encoder:1")
     assert _wait_until_gated(first), first.communicate()
     assert _wait_until_gated(second), second.communicate()
     _release(second)

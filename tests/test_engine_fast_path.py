@@ -259,13 +259,11 @@ def test_compile_on_an_uncovered_encoder_warns_and_runs_transformers(minilm_path
     assert model.implementation == "transformers"
 
 
-def test_the_command_line_compile_option_reaches_the_vectorizer(monkeypatch):
-    from sk_instructor import InstructorVectorizer
-    from sk_instructor._cli.main import _build_vectorizer, build_parser
+def test_the_command_line_compile_option_reaches_the_engine():
+    from sk_instructor._cli.main import _parameters, build_parser
 
-    monkeypatch.setattr(InstructorVectorizer, "fit", lambda self, X, y=None: self)
     arguments = build_parser().parse_args(["embed", "in.csv", "-o", "out.npy", "--compile"])
-    assert _build_vectorizer(arguments).get_params()["compile"] is True
+    assert _parameters(arguments)["compile"] is True
 
 
 def test_pickles_from_before_the_compile_parameter_unpickle_with_its_default():
@@ -278,9 +276,9 @@ def test_pickles_from_before_the_compile_parameter_unpickle_with_its_default():
 
 
 # -- compiled ----------------------------------------------------------------------------------
-# Two padded widths (bucket_lengths of 13 and 28 tokens: 16 and 32), 20 texts of each: under a
+# Two padded widths (bucket_lengths of 11-12 and 26-27 tokens: 16 and 32), 20 texts of each: under a
 # budget of 256 tokens, each width runs in batches of more than one row count.
-COMPILED_TEXTS = [f"{k} " + "fox river " * (3 * (k % 2)) for k in range(40)]
+COMPILED_TEXTS = [f"row {k} " + "fox river " * (3 * (k % 2)) for k in range(40)]
 
 
 @pytest.fixture(scope="module")

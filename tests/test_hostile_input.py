@@ -336,7 +336,7 @@ def test_the_tokenizer_reads_a_page_of_a_long_text_whatever_its_length(any_model
     # benchmarks/long_text_scaling.py): the tokenizer, whose cost can grow faster, is given the
     # same page of a 250 KB text and of a 1 MB one; the rest is a scan of the string.
     vectorizer = InstructorVectorizer(any_model, cache=None).fit(["fit"])
-    tokenizer = vectorizer._engine()._tokenizer
+    tokenizer = vectorizer._encoder().load()._tokenizer
     recording = _RecordingTokenizer(tokenizer._tokenizer)
     monkeypatch.setattr(tokenizer, "_tokenizer", recording)
     read = {}
@@ -348,7 +348,7 @@ def test_the_tokenizer_reads_a_page_of_a_long_text_whatever_its_length(any_model
                 vectorizer.transform(["alpha beta " * (n_characters // 11)]),
                 max(recording.lengths),
             )
-    window_chars = 64 * vectorizer._engine().max_seq_length + 100
+    window_chars = 64 * vectorizer._encoder().load().max_seq_length + 100
     assert read[250_000][1] == read[1_000_000][1] < window_chars
     assert_allclose(read[250_000][0], read[1_000_000][0], atol=1e-6)  # the same first tokens
 
@@ -367,7 +367,7 @@ def test_a_row_whose_every_token_is_masked_gives_a_finite_vector(tmp_path, pooli
     vectorizer = InstructorVectorizer(
         model, cache=None, instruction=ALL_MASKED_INSTRUCTION, normalize=normalize
     ).fit(["fit"])
-    engine = vectorizer._engine()
+    engine = vectorizer._encoder().load()
     tokenized = engine._tokenizer.tokenize(
         [ALL_MASKED_INSTRUCTION], [ALL_MASKED_TEXT], engine.max_seq_length
     )

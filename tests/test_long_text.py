@@ -21,7 +21,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sk_instructor import InstructorRetriever, InstructorVectorizer, MemoryCache, pair_similarity
-from sk_instructor._engine.chunking import Chunk, split_text
+from sk_instructor._engine.chunking import Chunk, split_text, text_window
 from sk_instructor._engine.registry import get_model
 from sk_instructor._params import DEFAULTS
 from sk_instructor.metrics import make_retrieval_scorer
@@ -109,7 +109,7 @@ def test_every_chunk_fits_the_window_with_its_instruction(checkpoint):
 def test_consecutive_chunks_share_the_overlap_moved_back_to_a_word_start(checkpoint):
     folder, max_len, instruction, texts = checkpoint
     model = get_model(folder, device="cpu")
-    window = model.chunk_window(instruction, max_len)
+    window = text_window(model._tokenizer, instruction, max_len)
     for overlap in (0, 16):
         for text in texts:
             chunks = split_text(model._tokenizer, instruction, text, max_len, overlap=overlap)
@@ -121,7 +121,7 @@ def test_consecutive_chunks_share_the_overlap_moved_back_to_a_word_start(checkpo
 
 def test_an_overlap_of_more_than_half_a_window_is_capped_at_half(tiny_t5_path):
     model = get_model(tiny_t5_path, device="cpu")
-    window = model.chunk_window(INSTRUCTION, 64)
+    window = text_window(model._tokenizer, INSTRUCTION, 64)
     chunks = split_text(model._tokenizer, INSTRUCTION, LONG_TEXTS[3], 64, overlap=10_000)
     steps = [after.start - before.start for before, after in pairwise(chunks)]
     # Each window moves on by half a window, less what moving both ends to a word start takes.
@@ -313,16 +313,17 @@ def test_progress_counts_input_rows_and_ends_at_their_number(tiny_t5_path):
     progress = _Progress()
     texts = [*LONG_TEXTS, *SHORT_TEXTS]
     vectorizer = _vectorizer(tiny_t5_path, long_text="chunk", batch_size=2).fit(["x"])
-    vectorizer._transform(texts, progress=progress)
+    vectorizer._encoder().encode([INSTRUCTION] * len(texts), texts, progress=progress)
     assert sum(progress.updates) == len(texts)
     assert all(n > 0 for n in progress.updates) and len(progress.updates) > 2
 
 
 def test_an_instruction_that_leaves_no_room_for_text_is_refused_at_fit(tiny_t5_path):
-    vectorizer = _vectorizer(tiny_t5_path, long_text="chunk", max_seq_length=8)
     n_tokens = len(_hf_tokenizer(tiny_t5_path)(INSTRUCTION.strip())["input_ids"])  # with </s>
+    vectorizer = _vectorizer(tiny_t5_path, long_text="chunk", max_seq_length=n_tokens)
     with pytest.raises(
-        ValueError, match=rf"the instruction takes {n_tokens} of the 8 tokens of max_seq_length"
+        ValueError,
+        match=rf"the instruction takes {n_tokens} of the {n_tokens} tokens of max_seq_length",
     ):
         vectorizer.fit(["a text"])
 

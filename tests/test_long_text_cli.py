@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from sk_instructor import InstructorVectorizer
 from sk_instructor._cli import main
-from sk_instructor._cli.chunked_output import ChunkedOutput
+from sk_instructor._cli.output_parts import OutputParts
 
 INSTRUCTION = "Represent the Science title: "
 _WORDS = "dark matter energy loss parton chiral phase transition quick brown fox river".split()
@@ -79,16 +79,16 @@ def test_resuming_with_another_long_text_mode_is_refused(
     texts = _rows(12)
     input_path = _write(tmp_path / "rows.parquet", texts)
     output = tmp_path / "vectors.npy"
-    original = ChunkedOutput.write_chunk
+    original = OutputParts.write_part
     written = []
 
-    def write_chunk(self, index, *args, **kwargs):  # Ctrl-C once one chunk is committed
+    def write_part(self, index, *args, **kwargs):  # Ctrl-C once one part is committed
         if written:
             raise KeyboardInterrupt
         original(self, index, *args, **kwargs)
         written.append(index)
 
-    monkeypatch.setattr(ChunkedOutput, "write_chunk", write_chunk)
+    monkeypatch.setattr(OutputParts, "write_part", write_part)
     chunked = _args(input_path, output, tiny_t5_path, "--long-text", "chunk", "--chunk-size", "4")
     assert main(chunked) == 130
     monkeypatch.undo()

@@ -11,7 +11,7 @@ from reference_instructor import ReferenceInstructor
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sk_instructor import InstructorRetriever, InstructorVectorizer, pair_similarity
-from sk_instructor._cli.main import _build_vectorizer, build_parser
+from sk_instructor._cli.main import _parameters, build_parser
 from sk_instructor._params import DEFAULTS, ENGINE, INSTRUCTION, PARAMETERS
 
 RETRIEVER_ENGINE = [name for name in ENGINE if name != "normalize"]
@@ -58,13 +58,12 @@ def test_command_line_values_reach_the_vectorizer_as_parameters(tmp_path, monkey
             *("--cache", "none", "--batch-size", "3", "--domain", "Science"),
         ]
     )
-    settings = _build_vectorizer(arguments).get_params()
+    settings = _parameters(arguments)
     assert settings["model"] == str(tmp_path)
     assert settings["normalize"] is False
     assert settings["cache"] is None
     assert settings["batch_size"] == 3
     assert settings["domain"] == "Science"
-    assert settings["show_progress_bar"] is False  # the command line shows its own bar
 
 
 def test_a_cache_object_that_is_no_embedding_cache_is_refused_at_fit(tiny_t5_path):

@@ -384,7 +384,7 @@ def test_two_clones_share_one_loaded_model(tmp_path):
     first.fit(TEXTS)
     second.fit(TEXTS)
     assert len(loaded_models()) == before + 1
-    assert first._engine() is second._engine()
+    assert first._encoder().load() is second._encoder().load()
 
 
 # -- persistence -------------------------------------------------------------------------------

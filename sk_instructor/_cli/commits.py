@@ -2,10 +2,11 @@
 comes first, so that an interrupt never loses more than about that long of work.
 
 Rows are embedded in *pieces*, one encoder call each, and the pieces done since the last commit
-wait in a :class:`PendingChunk`. :class:`CommitSchedule` sizes the pieces from the speed
-measured so far, to take about a quarter of the commit interval each (a commit is then at most
-about 1.25 intervals after the previous one, whatever the speed of the model and the length of
-the texts), and says when the pending rows are due.
+wait in a :class:`PendingPart`; a commit writes them as one *part* of the output
+(:mod:`~sk_instructor._cli.output_parts`). :class:`CommitSchedule` sizes the pieces from the
+speed measured so far, to take about a quarter of the commit interval each (a commit is then at
+most about 1.25 intervals after the previous one, whatever the speed of the model and the length
+of the texts), and says when the pending rows are due.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["CommitSchedule", "PendingChunk"]
+__all__ = ["CommitSchedule", "PendingPart"]
 
 # Rows of the first piece, before any speed is known; later pieces grow at most this factor at
 # a time, so that one fast piece (say of short texts) cannot make the next one far too long.
@@ -31,8 +32,8 @@ class CommitSchedule:
 
     Parameters
     ----------
-    chunk_size : int
-        Commit at least every ``chunk_size`` rows (a chunk never holds more).
+    part_rows : int
+        Commit at least every ``part_rows`` rows (``--chunk-size``; a part never holds more).
     commit_seconds : float
         Commit at least every ``commit_seconds`` of work; 0 commits after every piece.
     clock : callable
@@ -42,7 +43,7 @@ class CommitSchedule:
     --------
     >>> from sk_instructor._cli.commits import CommitSchedule
     >>> now = [0.0]
-    >>> schedule = CommitSchedule(chunk_size=1000, commit_seconds=30, clock=lambda: now[0])
+    >>> schedule = CommitSchedule(part_rows=1000, commit_seconds=30, clock=lambda: now[0])
     >>> schedule.piece_rows(n_pending=0)
     16
     >>> now[0] += 1.0  # 16 rows in a second: a piece of 7.5 s would hold 120 rows
@@ -54,8 +55,8 @@ class CommitSchedule:
     True
     """
 
-    def __init__(self, chunk_size: int, commit_seconds: float, clock: Callable[[], float]) -> None:
-        self.chunk_size = chunk_size
+    def __init__(self, part_rows: int, commit_seconds: float, clock: Callable[[], float]) -> None:
+        self.part_rows = part_rows
         self.commit_seconds = commit_seconds
         self._clock = clock
         self._rows = FIRST_PIECE_ROWS
@@ -63,7 +64,7 @@ class CommitSchedule:
 
     def piece_rows(self, n_pending: int) -> int:
         """Rows of the next piece, given ``n_pending`` rows already waiting for a commit."""
-        return max(1, min(self._rows, self.chunk_size - n_pending))
+        return max(1, min(self._rows, self.part_rows - n_pending))
 
     def piece_done(self, n_rows: int, seconds: float) -> None:
         """Record that a piece of ``n_rows`` took ``seconds``; sizes the next one."""
@@ -71,28 +72,28 @@ class CommitSchedule:
             wanted = _GROWTH * n_rows
         else:
             wanted = int(n_rows / seconds * self.commit_seconds * _PIECE_FRACTION)
-        self._rows = max(1, min(wanted, _GROWTH * max(n_rows, 1), self.chunk_size))
+        self._rows = max(1, min(wanted, _GROWTH * max(n_rows, 1), self.part_rows))
 
     def commit_due(self, n_pending: int) -> bool:
         """Whether the ``n_pending`` rows waiting should be committed now."""
         if n_pending == 0:
             return False
         waited = self._clock() - self._last_commit
-        return n_pending >= self.chunk_size or waited >= self.commit_seconds
+        return n_pending >= self.part_rows or waited >= self.commit_seconds
 
     def committed(self) -> None:
         """Record that the pending rows were just committed."""
         self._last_commit = self._clock()
 
 
-class PendingChunk:
+class PendingPart:
     """Rows embedded since the last commit, from input row ``first_row`` on.
 
     Examples
     --------
     >>> import numpy as np
-    >>> from sk_instructor._cli.commits import PendingChunk
-    >>> pending = PendingChunk(first_row=10)
+    >>> from sk_instructor._cli.commits import PendingPart
+    >>> pending = PendingPart(first_row=10)
     >>> pending.add(None, np.zeros((3, 2), dtype=np.float32))
     >>> pending.add(None, np.ones((2, 2), dtype=np.float32))
     >>> pending.first_row, pending.n_rows
@@ -118,9 +119,9 @@ class PendingChunk:
         self._state[1].append((ids, vectors))
 
     def commit(self, parts: Any, *, embedding_column: str, id_column: str | None) -> int:
-        """Write the pending rows as one chunk of ``parts`` (a ChunkedOutput); returns rows.
+        """Write the pending rows as one part of ``parts`` (an OutputParts); returns rows.
 
-        Safe to call again after an interruption inside it: the chunk is written whole under
+        Safe to call again after an interruption inside it: the part is written whole under
         the same name, or not at all, and the rows stay pending until it is.
         """
         first_row, pieces = self._state
@@ -129,9 +130,9 @@ class PendingChunk:
         vectors = np.concatenate([vectors for _, vectors in pieces])
         ids = None
         if id_column is not None:
-            chunks = [chunk for piece_ids, _ in pieces for chunk in piece_ids.chunks]
-            ids = pa.chunked_array(chunks, type=pieces[0][0].type)
-        parts.write_chunk(
+            arrays = [array for piece_ids, _ in pieces for array in piece_ids.chunks]
+            ids = pa.chunked_array(arrays, type=pieces[0][0].type)
+        parts.write_part(
             first_row, vectors, embedding_column=embedding_column, ids=ids, id_column=id_column
         )
         self._state = (first_row + len(vectors), [])

@@ -4,17 +4,18 @@
 (:mod:`~sk_instructor._cli.table_input`), then embeds its rows in pieces with one fitted
 :class:`~sk_instructor.InstructorVectorizer` (the same engine as everything else) and commits
 them to ``OUTPUT.parts/`` every ``--chunk-size`` rows or ``--commit-seconds``, whichever comes
-first (:mod:`~sk_instructor._cli.commits`, :mod:`~sk_instructor._cli.chunked_output`).
+first (:mod:`~sk_instructor._cli.commits`, :mod:`~sk_instructor._cli.output_parts`).
 Interrupted runs continue where they stopped when the same command is run again. Problems are
-reported on one line, with the traceback only under ``--verbose``.
+reported on one line, with the traceback only under ``--verbose``. The options are those of
+:mod:`~sk_instructor._cli.options`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
-import re
 import signal
 import sys
 import time
@@ -25,179 +26,30 @@ from typing import Any
 
 from .. import __version__
 from .. import _params as params
-from .._instruction import DEFAULT_TEMPLATE
+from .._engine.entry import Encoder, EncodingSettings
+from .._instruction import resolve_instruction
 from .._progress import CHARACTERS_PER_TOKEN, Progress
-from .errors import PYARROW_HINT, InputError, OutputError, one_line
+from .errors import PYARROW_HINT, InputError, OutputError, describe
+from .notices import OncePerKindWarnings
+from .options import PROGRAM, build_parser, from_cli
+from .stopping import Terminated, exit_code, how_stopped, raise_on_sigterm
 
 __all__ = ["build_parser", "main"]
 
-PROGRAM = "sk-instructor"
-DEFAULT_CHUNK_SIZE = 8192
-DEFAULT_COMMIT_SECONDS = 30.0
 _USUAL_MAX_SEQ_LENGTH = 512  # INSTRUCTOR's; the progress estimate needs it before the model loads
 EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
-EXIT_TERMINATED = 143  # ... and by SIGTERM
 _OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".npy": "npy"}
-
-_DESCRIPTION = """\
-INSTRUCTOR instruction-following text embeddings for files.
-
-Embed one text column of a CSV, Parquet or JSON Lines file under a task instruction and write
-the vectors to Parquet or .npy, one row per input row, in input order. Work is committed in
-chunks (at least every 30 s): after a crash or Ctrl-C, run the same command again and it
-continues where it stopped.
-"""
-
-_EMBED_EPILOG = """\
-examples:
-  sk-instructor embed papers.parquet -o vectors.parquet --column title --id-column paper_id \\
-      --domain Science --text-type title --objective classification
-  sk-instructor embed questions.csv -o questions.npy --column question \\
-      --instruction "Represent the Wikipedia question for retrieving supporting documents: "
-  sk-instructor embed notes.jsonl -o notes.parquet --model ./my-instructor --device cuda \\
-      --cache ~/.cache/sk-instructor --column-per-dimension
-  sk-instructor embed reports.parquet -o reports.npy --column body --long-text chunk \\
-      --text-type report
-
-output:
-  .parquet  the --id-column (when given) and one fixed_size_list<float32> column named
-            --embedding-column; with --column-per-dimension, float32 columns embedding_0 ...
-  .npy      a float32 array of shape (rows, dimension); row i is input row i
-
-resuming:
-  The work done is committed to OUTPUT.parts/ every --chunk-size rows or --commit-seconds,
-  whichever comes first, and on Ctrl-C. Running the same command again continues after the
-  last committed row (--chunk-size and --commit-seconds may differ); a different input file or
-  options that change the vectors are refused (pass --restart to discard the unfinished work).
-"""
 
 
 # Seconds for the commit interval; a module attribute so that tests can pass a fake clock.
 _clock = time.monotonic
 
 
-class _Terminated(Exception):
-    """SIGTERM arrived: stop like Ctrl-C does (the finished chunks are already safe)."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``sk-instructor``.
-
-    Examples
-    --------
-    >>> from sk_instructor._cli.main import build_parser
-    >>> args = build_parser().parse_args(["embed", "in.csv", "-o", "out.parquet"])
-    >>> args.column, args.chunk_size
-    ('text', 8192)
-    """
-    parser = argparse.ArgumentParser(
-        prog=PROGRAM,
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    embed = commands.add_parser(
-        "embed",
-        help="embed a text column of a CSV, Parquet or JSON Lines file",
-        description="Embed a text column of a CSV, Parquet or JSON Lines file, resumably.",
-        epilog=_EMBED_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    embed.add_argument("input", metavar="INPUT", help="a .csv, .tsv, .parquet or .jsonl file")
-    embed.add_argument(
-        "-o", "--output", required=True, metavar="OUTPUT", help="a .parquet or .npy file"
-    )
-
-    columns = embed.add_argument_group("input")
-    columns.add_argument(
-        "--column", default="text", help="the column of texts to embed (default: %(default)s)"
-    )
-    columns.add_argument(
-        "--id-column",
-        metavar="COLUMN",
-        help="a column copied next to each vector (Parquet output only; CSV and TSV fields, ids "
-        "included, are text, kept exactly as written)",
-    )
-    columns.add_argument(
-        "--input-format",
-        choices=["csv", "tsv", "parquet", "jsonl"],
-        help="read INPUT as this format instead of guessing from its name",
-    )
-    params.add_cli_options(columns, ["missing"])
-
-    instruction = embed.add_argument_group(
-        "instruction",
-        f'Either give the whole instruction, or the parts of the template "{DEFAULT_TEMPLATE}".',
-    )
-    params.add_cli_options(instruction, params.INSTRUCTION)
-
-    model = embed.add_argument_group("model")
-    params.add_cli_options(
-        model,
-        [name for name in params.ENGINE if name not in ("missing", "show_progress_bar")],
-    )
-
-    output = embed.add_argument_group("output")
-    output.add_argument(
-        "--embedding-column",
-        default="embedding",
-        metavar="NAME",
-        help="name of the vector column in Parquet output (default: %(default)s)",
-    )
-    output.add_argument(
-        "--column-per-dimension",
-        action="store_true",
-        help="Parquet output: one float32 column per dimension instead of one list column",
-    )
-    output.add_argument(
-        "--chunk-size",
-        type=params.positive_int,
-        default=DEFAULT_CHUNK_SIZE,
-        metavar="ROWS",
-        help="commit the work done at least every ROWS rows (default: %(default)s)",
-    )
-    output.add_argument(
-        "--commit-seconds",
-        type=_non_negative_seconds,
-        default=DEFAULT_COMMIT_SECONDS,
-        metavar="SECONDS",
-        help="... and at least every SECONDS of work, so that an interrupt or a crash loses at "
-        "most about that much, whatever the size of the file (default: %(default)g)",
-    )
-    output.add_argument(
-        "--overwrite", action="store_true", help="replace OUTPUT if it already exists"
-    )
-    output.add_argument(
-        "--restart",
-        action="store_true",
-        help="discard unfinished work in OUTPUT.parts/ instead of resuming it",
-    )
-
-    run = embed.add_argument_group("display")
-    params.add_cli_options(run, ["show_progress_bar"])
-    run.add_argument(
-        "-v", "--verbose", action="store_true", help="show tracebacks and library warnings as is"
-    )
-    return parser
-
-
-def _non_negative_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds >= 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {value!r}")
-    return seconds
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``sk-instructor`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
 
     Exit codes: 0 done, 1 error (reported on one line), 2 bad usage, 130 interrupted by
-    Ctrl-C and 143 by SIGTERM (finished chunks are kept; run the command again to resume).
+    Ctrl-C and 143 by SIGTERM (committed parts are kept; run the command again to resume).
 
     Examples
     --------
@@ -220,39 +72,50 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    previous_handler = _raise_on_sigterm()
+    previous_handler = raise_on_sigterm()
     try:
         with warnings.catch_warnings():
             notices = None
             if not args.verbose:
                 warnings.simplefilter("always")
-                warnings.showwarning = notices = _OncePerKindWarnings()
+                warnings.showwarning = notices = OncePerKindWarnings()
             return _embed(args, notices)
-    except KeyboardInterrupt:
-        # Outside the chunk loop (loading the model, assembling): nothing to report but that.
-        _error("interrupted")
-        return EXIT_INTERRUPTED
-    except _Terminated:
-        _error("terminated")
-        return EXIT_TERMINATED
+    except (KeyboardInterrupt, Terminated) as stop:
+        # Outside the loop over the rows (loading the model, assembling): nothing to report
+        # but that.
+        _error(how_stopped(stop))
+        return exit_code(stop)
     except Exception as exc:
         if args.verbose:
             traceback.print_exc()
-        _error(_describe(exc))
+        _error(describe(exc))
         return EXIT_ERROR
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _embed(args: argparse.Namespace, notices: _OncePerKindWarnings | None = None) -> int:
+# -- before the model: the output, the lock, the input ------------------------------------------
+def _embed(args: argparse.Namespace, notices: OncePerKindWarnings | None = None) -> int:
     # Files are read and written with pyarrow, an optional extra that --help does not need.
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         raise InputError(PYARROW_HINT) from None
-    from .chunked_output import ChunkedOutput
+    from .output_parts import OutputParts
 
+    _check_output(args)
+    # Locked before anything slow, and the output's existence checked under the lock: two
+    # runs on one output then never both go ahead (the second stops here, at once).
+    parts = OutputParts(Path(args.output)).lock()
+    try:
+        return _embed_locked(args, parts, notices)
+    finally:
+        parts.close()
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Refuse an output that cannot be written as asked, before anything is read."""
     input_path, output = Path(args.input), Path(args.output)
     output_format = _OUTPUT_FORMATS.get(output.suffix.lower())
     if output_format is None:
@@ -270,17 +133,9 @@ def _embed(args: argparse.Namespace, notices: _OncePerKindWarnings | None = None
         raise OutputError(f"cannot write {output}: folder {output.parent} does not exist")
     if input_path.exists() and output.exists() and input_path.samefile(output):
         raise OutputError("OUTPUT is the INPUT file; choose another output name")
-    # Locked before anything slow, and the output's existence checked under the lock: two
-    # runs on one output then never both go ahead (the second stops here, at once).
-    parts = ChunkedOutput(output).lock()
-    try:
-        return _embed_locked(args, parts, notices)
-    finally:
-        parts.close()
 
 
 def _embed_locked(args: argparse.Namespace, parts, notices) -> int:
-    from .chunked_output import input_signature
     from .table_input import RowReader, open_table_input
 
     input_path, output = Path(args.input), Path(args.output)
@@ -293,6 +148,17 @@ def _embed_locked(args: argparse.Namespace, parts, notices) -> int:
     # The whole file is read once before the model loads: a malformed row, a value of another
     # type or a missing text half-way through must stop the run before any work, not during it.
     summary = table_input.scan(char_cap=_char_cap(args))
+    _check_missing(args, summary, input_path)
+
+    run = _open_encoder(args)
+    parts.manifest.update(_manifest(args, input_path, run))
+    parts.open(restart=args.restart)
+    reader = RowReader(table_input.batches())
+    return _embed_rows(args, summary, run, parts, reader, notices)
+
+
+def _check_missing(args: argparse.Namespace, summary, input_path: Path) -> None:
+    """Refuse rows without text, unless ``--missing`` says what to make of them."""
     if args.missing == "error" and summary.n_missing:
         rows = summary.missing_rows
         shown = ", ".join(map(str, rows)) + (" ..." if summary.n_missing > len(rows) else "")
@@ -302,41 +168,42 @@ def _embed_locked(args: argparse.Namespace, parts, notices) -> int:
             f"embed them anyway"
         )
 
-    vectorizer = _build_vectorizer(args)
-    engine = vectorizer._engine()
+
+def _manifest(args: argparse.Namespace, input_path: Path, run: _Run) -> dict[str, Any]:
+    """What a run computes: a later run resumes its parts only if it computes the same."""
+    from .output_parts import input_signature
+
+    encoder = run.encoder
     manifest = {
         "input": input_signature(input_path),
         "columns": {"text": args.column, "id": args.id_column, "embedding": args.embedding_column},
         # Everything that changes a vector; batch size, device and cache do not.
         "settings": {
-            "model": engine.fingerprint,
-            "instruction": vectorizer.instruction_,
-            "max_seq_length": args.max_seq_length or engine.max_seq_length,
+            "model": encoder.fingerprint,
+            "instruction": run.instruction,
+            "max_seq_length": encoder.max_seq_length,
             "normalize": args.normalize,
-            "dtype": str(engine.dtype).replace("torch.", ""),
+            "dtype": encoder.dtype_name,
             "missing": args.missing,
-            "embedding_dim": vectorizer.embedding_dim_,
+            "embedding_dim": encoder.embedding_dim,
         },
     }
     if args.long_text != "truncate":
-        # Only when chunking: manifests of truncating runs stay those of earlier versions, so
-        # that their unfinished runs still resume.
+        # Only when splitting long texts: manifests of truncating runs stay those of earlier
+        # versions, so that their unfinished runs still resume.
         manifest["settings"]["long_text"] = args.long_text
         manifest["settings"]["chunk_overlap"] = args.chunk_overlap
-
-    parts.manifest.update(manifest)
-    parts.open(restart=args.restart)
-    reader = RowReader(table_input.batches())
-    return _embed_rows(args, summary, vectorizer, parts, reader, notices)
+    return manifest
 
 
-def _embed_rows(args, summary, vectorizer, parts, reader, notices) -> int:
-    from .commits import CommitSchedule, PendingChunk
-    from .table_input import text_lengths
+# -- the rows: embedded in pieces, committed in parts -------------------------------------------
+def _embed_rows(args, summary, run: _Run, parts, reader, notices) -> int:
+    from .commits import CommitSchedule, PendingPart
+    from .row_reader import text_lengths
 
     n_rows = summary.n_rows
     # The bar's unit of work: characters of each row's model input (see progress.py).
-    instruction_chars, cap = len(vectorizer.instruction_), _char_cap(args)
+    instruction_chars, cap = len(run.instruction), _char_cap(args)
 
     def weights(table):
         return text_lengths(table.column(args.column), cap) + instruction_chars
@@ -344,75 +211,92 @@ def _embed_rows(args, summary, vectorizer, parts, reader, notices) -> int:
     first_row = parts.committed_rows()
     work_done = _skip_rows(reader, first_row, weights)
     schedule = CommitSchedule(args.chunk_size, args.commit_seconds, clock=_clock)
-    pending = PendingChunk(first_row)
-
-    def commit() -> None:
-        pending.commit(parts, embedding_column=args.embedding_column, id_column=args.id_column)
-
-    show = args.show_progress_bar
-    if show is None:
-        show = sys.stderr is not None and sys.stderr.isatty()
+    pending = PendingPart(first_row)
     progress = Progress(
         n_rows=n_rows,
         total_work=summary.text_chars + n_rows * instruction_chars,
         rows_done=first_row,
         work_done=work_done,
-        show=show,
+        show=_show_progress(args),
     )
     if notices is not None:
         notices.progress = progress
     started = time.perf_counter()
     try:
         with progress:
-            while (piece := reader.take(schedule.piece_rows(pending.n_rows))) is not None:
-                advance = progress.piece(weights(piece))
-                began = _clock()
-                # The vectorizer would open a bar per call; the engine advances this one.
-                texts = piece.column(args.column).to_pylist()
-                vectors = vectorizer._transform(texts, progress=advance)
-                schedule.piece_done(piece.num_rows, _clock() - began)
-                advance.finish()  # rows written as zero vectors never pass through the engine
-                pending.add(piece.column(args.id_column) if args.id_column else None, vectors)
-                if schedule.commit_due(pending.n_rows):
-                    commit()
-                    schedule.committed()
-            commit()
-    except (KeyboardInterrupt, _Terminated) as stop:
-        # The pieces embedded since the last commit are whole: keep them. (A second Ctrl-C
-        # here stops at once; the chunk being written is then not kept, as always.)
-        commit()
-        done = parts.completed_chunks()
-        _error(
-            f"{'interrupted' if isinstance(stop, KeyboardInterrupt) else 'terminated'}: "
-            f"{len(done)} chunk(s), {sum(done.values())} rows, are saved in {parts.parts}; "
-            f"run the same command again to continue"
-        )
-        return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
+            _embed_pieces(args, run, reader, weights, schedule, pending, parts, progress)
+    except (KeyboardInterrupt, Terminated) as stop:
+        return _stopped(args, parts, pending, stop)
     except Exception:
         # An error of the engine (out of memory, say) leaves the pending pieces as good.
         with contextlib.suppress(Exception):
-            commit()
+            _commit(args, parts, pending)
         raise
     finally:
         if notices is not None:
             notices.progress = None
+    return _assemble(args, run, parts, n_rows, first_row, started)
 
+
+def _embed_pieces(args, run: _Run, reader, weights, schedule, pending, parts, progress) -> None:
+    """Embed the rows left, one piece per encoder call, committing the pending pieces as one
+    part whenever ``schedule`` says, and at the end."""
+    while (piece := reader.take(schedule.piece_rows(pending.n_rows))) is not None:
+        advance = progress.piece(weights(piece))
+        began = _clock()
+        texts = piece.column(args.column).to_pylist()
+        # The run's one encoder: every piece is computed by the weights loaded at the start.
+        vectors = run.encoder.encode([run.instruction] * len(texts), texts, progress=advance)
+        schedule.piece_done(piece.num_rows, _clock() - began)
+        advance.finish()  # rows written as zero vectors never pass through the engine
+        pending.add(piece.column(args.id_column) if args.id_column else None, vectors)
+        if schedule.commit_due(pending.n_rows):
+            _commit(args, parts, pending)
+            schedule.committed()
+    _commit(args, parts, pending)
+
+
+def _commit(args: argparse.Namespace, parts, pending) -> None:
+    pending.commit(parts, embedding_column=args.embedding_column, id_column=args.id_column)
+
+
+def _stopped(args: argparse.Namespace, parts, pending, stop: BaseException) -> int:
+    """Keep what was embedded when Ctrl-C or SIGTERM came, say so; returns the exit code."""
+    # The pieces embedded since the last commit are whole: keep them. (A second Ctrl-C
+    # here stops at once; the part being written is then not kept, as always.)
+    _commit(args, parts, pending)
+    done = parts.completed_parts()
+    _error(
+        f"{how_stopped(stop)}: {len(done)} part(s), {sum(done.values())} rows, are saved in "
+        f"{parts.folder}; run the same command again to continue"
+    )
+    return exit_code(stop)
+
+
+def _assemble(args: argparse.Namespace, run: _Run, parts, n_rows, first_row, started) -> int:
+    """Write OUTPUT from the parts, and say what was done."""
     n_written = parts.assemble(
         n_rows=n_rows,
         embedding_column=args.embedding_column,
         column_per_dimension=args.column_per_dimension,
-        metadata=_provenance(args, vectorizer),
+        metadata=_provenance(args, run),
     )
     n_embedded = n_rows - first_row
     elapsed = time.perf_counter() - started
     rate = f", {n_embedded / elapsed:,.0f} rows/s" if n_embedded and elapsed > 0 else ""
     resumed = f" ({first_row} resumed from an earlier run)" if first_row else ""
     print(
-        f"{PROGRAM}: wrote {n_written} vectors of dimension {vectorizer.embedding_dim_} to "
+        f"{PROGRAM}: wrote {n_written} vectors of dimension {run.encoder.embedding_dim} to "
         f"{args.output}{resumed} in {elapsed:.1f} s{rate}",
         file=sys.stderr,
     )
     return 0
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    if args.show_progress_bar is None:
+        return sys.stderr is not None and sys.stderr.isatty()
+    return args.show_progress_bar
 
 
 def _char_cap(args: argparse.Namespace) -> int:
@@ -434,80 +318,53 @@ def _skip_rows(reader, n_rows: int, weights) -> int:
     return work
 
 
-def _build_vectorizer(args: argparse.Namespace):
-    from .._vectorizer import InstructorVectorizer
+# -- the engine ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """The instruction of a run and its one encoder (one set of weights for every row)."""
 
-    settings = params.from_cli(args, ("model", *params.INSTRUCTION, *params.ENGINE))
-    # The command line shows its own bar, over the whole file.
-    settings["show_progress_bar"] = False
-    # fit learns nothing from texts: it resolves the instruction and loads the model.
-    return InstructorVectorizer(**settings).fit([""])
+    instruction: str
+    encoder: Encoder
 
 
-def _provenance(args: argparse.Namespace, vectorizer) -> dict[str, str]:
+def _parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The options as the estimators' parameters, checked as their ``fit`` checks them."""
+    values = from_cli(args, ("model", *params.INSTRUCTION, *params.ENGINE))
+    params.check(values, PROGRAM)
+    return values
+
+
+def _open_encoder(args: argparse.Namespace) -> _Run:
+    """Resolve the instruction and load the model, once, for the whole run."""
+    from .._cache import resolve_cache
+
+    values = _parameters(args)
+    instruction = resolve_instruction(values, params.DEFAULTS)
+    encoder = Encoder(EncodingSettings.from_parameters(values), resolve_cache(values["cache"]))
+    # Loaded now, before any row: the manifest records the weights every row will come from,
+    # and a max_seq_length or an instruction that cannot work fails before any work.
+    encoder.check(instruction)
+    return _Run(instruction, encoder)
+
+
+def _provenance(args: argparse.Namespace, run: _Run) -> dict[str, str]:
     return {
         "sk_instructor": json.dumps(
             {
                 "version": __version__,
                 "model": str(args.model),
-                "model_fingerprint": vectorizer._engine().fingerprint,
+                "model_fingerprint": run.encoder.fingerprint,
                 "revision": args.revision,
-                "instruction": vectorizer.instruction_,
+                "instruction": run.instruction,
                 "normalize": args.normalize,
                 "long_text": args.long_text,
                 "chunk_overlap": args.chunk_overlap if args.long_text == "chunk" else None,
-                "embedding_dim": vectorizer.embedding_dim_,
+                "embedding_dim": run.encoder.embedding_dim,
                 "text_column": args.column,
             }
         )
     }
 
 
-def _describe(error: BaseException) -> str:
-    if isinstance(error, (InputError, OutputError)):
-        return one_line(error, limit=1000)
-    if isinstance(error, (ValueError, OSError, TypeError, MemoryError)):
-        # Messages of the library (bad parameter, model not found, out of memory) are
-        # written for users already; the type only adds noise.
-        return f"{one_line(error)} (--verbose shows the traceback)"
-    return f"{type(error).__name__}: {one_line(error)} (--verbose shows the traceback)"
-
-
 def _error(message: str) -> None:
     print(f"{PROGRAM}: error: {message}", file=sys.stderr)
-
-
-class _OncePerKindWarnings:
-    """Show library warnings as one ``sk-instructor: warning:`` line, each kind once.
-
-    The engine warns per call, so per piece of rows: a file of long texts would repeat "N of M
-    texts were truncated" for every piece. Messages that differ only in their numbers are one kind.
-    """
-
-    def __init__(self) -> None:
-        self.seen: set[tuple[type, str]] = set()
-        self.progress: Any = None  # the bar, while one is shown
-
-    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
-        text = " ".join(str(message).split())
-        kind = (category, re.sub(r"\d[\d,.]*", "#", text))
-        if kind in self.seen:
-            return
-        self.seen.add(kind)
-        line = f"{PROGRAM}: warning: {text} (further warnings like this are not shown)"
-        if self.progress is not None:
-            self.progress.write(line)  # above the bar, which is then drawn again below
-        else:
-            print(line, file=sys.stderr)
-
-
-def _raise_on_sigterm() -> Any:
-    """Make SIGTERM stop the run the way Ctrl-C does; returns the handler to restore."""
-
-    def stop(signum: int, frame: Any) -> None:
-        raise _Terminated
-
-    try:
-        return signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread (e.g. main() called from a worker thread)
-        return None

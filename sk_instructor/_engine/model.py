@@ -1,7 +1,7 @@
-"""The encoding engine: (instruction, text) pairs in, float32 embeddings out.
+"""A loaded model: (instruction, text) pairs in, float32 embeddings out.
 
-Every component (the vectorizer, the retriever, the command line, the Ray integration) goes
-through :meth:`EmbeddingModel.encode`. The path of a text, each step in its own module::
+Callers outside the engine reach it through ``entry.py`` (which decides keys, lookups and
+loading); this module encodes. The path of a text, each step in its own module::
 
     tokenization (instruction + text, instruction mask)
       -> batching (length-sorted, token-budgeted batches)
@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._cache.keys import KeySettings, fingerprint_folder
+from .._cache.keys import KeySettings
 from .._exceptions import CheckpointError
 from .._warnings import warn
 from .batching import DEFAULT_TOKEN_BUDGET, plan_batches
-from .checkpoint import ResolvedModel, read_stages, summarize
+from .checkpoint import CheckpointSummary, ResolvedModel, read_stages, summarize
 from .chunking import (
     DEFAULT_CHUNK_OVERLAP,
     ChunkedEmbeddings,
     RowProgress,
     plan_chunks,
-    text_window,
 )
+from .device import dtype_name
 from .lookup import CacheLookup
 from .stages import STAGE_TYPES, Features, LoadSettings
 from .stages.normalize import Normalize
@@ -88,9 +88,9 @@ class EmbeddingModel:
         # The fingerprint names exactly the weights loaded: it is taken before and after
         # reading them, and a folder rewritten in between is read again.
         for _ in range(_LOAD_ATTEMPTS):
-            before = resolved.fingerprint or fingerprint_folder(resolved.folder)
+            before = resolved.current_fingerprint()
             stages, width = _load_stages(resolved.folder, settings)
-            after = resolved.fingerprint or fingerprint_folder(resolved.folder)
+            after = resolved.current_fingerprint()
             if before == after:
                 break
         else:
@@ -114,11 +114,14 @@ class EmbeddingModel:
         self._normalize = Normalize(width)
         self.embedding_dim: int = width
         self.dtype: torch.dtype = self.transformer.dtype
+        self.dtype_name: str = dtype_name(dtype, device, self.transformer.model_type)
         self.model_type = self.transformer.model_type
         self.max_seq_length = self.transformer.max_seq_length
         self.implementation = self.transformer.implementation
         self._tokenizer = self.transformer.tokenizer
         self.fingerprint: str = after
+        # What the loaded files say; the entry keys this model's vectors from it.
+        self.summary: CheckpointSummary = summary
         # On an accelerator the CPU works ahead: it tokenizes the next block in a thread and
         # leaves results on the device, copied back in groups. On the CPU the two would only
         # compete for the same cores (tests force it there with pipelined=True).
@@ -128,9 +131,7 @@ class EmbeddingModel:
 
     def is_current(self) -> bool:
         """Whether the checkpoint's files still hold the weights that were loaded."""
-        if self._resolved.fingerprint is not None:  # a hub snapshot: its commit never changes
-            return True
-        return fingerprint_folder(self._resolved.folder) == self.fingerprint
+        return self._resolved.current_fingerprint() == self.fingerprint
 
     @property
     def pooling_description(self) -> str:
@@ -157,6 +158,7 @@ class EmbeddingModel:
         max_seq_length: int | None = None,
         normalize: bool = True,
         cache: EmbeddingCache | None = None,
+        keys: KeySettings | None = None,
         progress: Any = None,
         long_text: str = "truncate",
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
@@ -165,7 +167,8 @@ class EmbeddingModel:
         """Embed ``texts[i]`` under ``instructions[i]``; returns float32 ``(n, embedding_dim)``.
 
         Identical pairs are encoded once; pairs found in ``cache`` are not encoded at all, and
-        every pair encoded is stored there. Results do not depend on batch composition or input
+        every pair encoded is stored there, keyed by ``keys`` (the entry's recipe, required
+        with a cache). Results do not depend on batch composition or input
         order beyond float32 rounding (~1e-7).
 
         ``progress`` is an optional object with ``update(n)`` (e.g. a tqdm bar) advanced by
@@ -175,9 +178,9 @@ class EmbeddingModel:
         warning); ``"chunk"`` embeds its overlapping chunks instead (:meth:`encode_chunks`) and
         returns their mean weighted by text tokens, unit length if ``normalize``.
 
-        ``lookup`` is the :class:`CacheLookup` of these same pairs made before the model was
-        loaded (a warm start that found some vectors): the engine encodes what it lacks
-        instead of asking the cache again.
+        ``lookup`` is the :class:`CacheLookup` of these same pairs made under ``keys`` before
+        the model was loaded (a warm start that found some vectors): what it lacks is encoded
+        without asking the cache again.
         """
         if long_text == "chunk":
             chunks = self.encode_chunks(
@@ -189,6 +192,7 @@ class EmbeddingModel:
                 max_seq_length=max_seq_length,
                 normalize=normalize,
                 cache=cache,
+                keys=keys,
                 progress=progress,
             )
             return chunks.pool(normalize=normalize)
@@ -205,14 +209,15 @@ class EmbeddingModel:
 
         for instruction in set(instructions):
             self._tokenizer.check_room_for_text(instruction, max_len)
-        settings = self.key_settings(max_len, normalize)
-        if lookup is None or lookup.settings != settings or lookup.cache is not cache:
+        if cache is not None:
+            self._check_keys(keys, max_len, normalize)
+        if lookup is None or lookup.settings != keys or lookup.cache is not cache:
             lookup = CacheLookup(
                 instructions,
                 texts,
                 embedding_dim=self.embedding_dim,
                 cache=cache,
-                settings=settings,
+                settings=keys,
                 progress=progress,
             )
         pairs, unique_vectors, keys, todo = lookup.pairs, lookup.vectors, lookup.keys, lookup.todo
@@ -269,6 +274,7 @@ class EmbeddingModel:
         max_seq_length: int | None = None,
         normalize: bool = True,
         cache: EmbeddingCache | None = None,
+        keys: KeySettings | None = None,
         progress: Any = None,
     ) -> ChunkedEmbeddings:
         """Embed each text as chunks that fit ``max_seq_length``: one chunk, the text itself,
@@ -303,6 +309,7 @@ class EmbeddingModel:
             max_seq_length=max_len,
             normalize=normalize,
             cache=cache,
+            keys=keys,
             progress=None
             if progress is None
             else RowProgress(progress, len(plan.texts), len(texts)),
@@ -310,11 +317,6 @@ class EmbeddingModel:
         return ChunkedEmbeddings(
             vectors=vectors, owners=plan.owners, weights=plan.weights, n_rows=len(texts)
         )
-
-    def chunk_window(self, instruction: str, max_seq_length: int | None = None) -> int:
-        """Text tokens each chunk holds under ``instruction``; ValueError when the instruction
-        leaves no room for text in ``max_seq_length``."""
-        return text_window(self._tokenizer, instruction, self.check_max_seq_length(max_seq_length))
 
     def check_max_seq_length(self, max_seq_length: int | None) -> int:
         """The token limit to use: the checkpoint's when ``None``, else ``max_seq_length`` once
@@ -330,15 +332,26 @@ class EmbeddingModel:
         return int(max_seq_length)
 
     # -- internals -----------------------------------------------------------------------------
-    def key_settings(self, max_seq_length: int, normalize: bool) -> KeySettings:
-        """How this model's vectors are keyed in a cache, at this limit and normalization."""
-        return KeySettings(
-            model_fingerprint=self.fingerprint,
-            max_seq_length=max_seq_length,
-            dtype=str(self.dtype).replace("torch.", ""),
-            normalize=bool(normalize),
-            pooling=self.pooling_description,
+    def _check_keys(self, keys: KeySettings | None, max_len: int, normalize: bool) -> None:
+        """Refuse to store vectors under a recipe that does not describe them."""
+        if keys is None:
+            raise ValueError("encoding with a cache needs the keys' recipe (keys=...).")
+        described = (
+            keys.model_fingerprint,
+            keys.max_seq_length,
+            keys.dtype,
+            keys.normalize,
+            keys.pooling,
         )
+        actual = (
+            self.fingerprint,
+            max_len,
+            self.dtype_name,
+            bool(normalize),
+            self.pooling_description,
+        )
+        if described != actual:
+            raise ValueError(f"the cache keys describe {described}; this model encodes {actual}.")
 
     def _prepared_blocks(self, pairs, todo: np.ndarray, max_len: int, plan):
         """Yield (unique indices, tokenized block, its batches); on an accelerator the next
@@ -375,7 +388,7 @@ class EmbeddingModel:
             # Never a wrong vector: none of these is returned or cached.
             raise FloatingPointError(
                 f"the encoder gave NaN or infinite values for {int((~finite).sum())} of "
-                f"{len(rows)} texts in {str(self.dtype).replace('torch.', '')}: the activations "
+                f"{len(rows)} texts in {self.dtype_name}: the activations "
                 f"overflow this precision; use dtype='float32' (or 'bfloat16' on a GPU)."
             )
         unique_vectors[rows] = vectors
@@ -434,7 +447,7 @@ class EmbeddingModel:
             "input_ids": ids_t,
             # A batch without padding (common: batches are length-sorted) needs no mask.
             "attention_mask": attention if lengths.min() < width else None,
-            # The encoder sees the instruction; pooling does not (rule 6 of the reference).
+            # The encoder sees the instruction; pooling does not (INSTRUCTOR's masking).
             "pooling_mask": attention & (positions[None, :] >= skipped_t[:, None]),
         }
         features = self.transformer(features)

@@ -1,14 +1,20 @@
 """One loaded model per checkpoint, revision, device, dtype and encoder forward per process.
 
-Estimators never hold a model: they ask here by their parameters on each call. Clones made by
-GridSearchCV, unpickled estimators and every other component share the loaded weights, and
-pickles stay small. A local folder whose files changed since it was loaded is loaded again.
+Estimators never hold a model: each call asks here, through the engine's entry, by its
+parameters. Clones made by GridSearchCV, unpickled estimators and every other component share
+the loaded weights, and pickles stay small. A local folder whose files changed since it was
+loaded is loaded again.
+
+The registry keeps the most recently used models only (:data:`MAX_LOADED_MODELS_ENV`, default
+4): loading a fifth lets the least recently used go, its memory freed once no call still uses
+it. :func:`clear_loaded_models` lets every model go at once.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -18,9 +24,14 @@ from .checkpoint import resolve_model
 from .device import resolve_device
 from .model import EmbeddingModel
 
-__all__ = ["clear_loaded_models", "get_model", "loaded_models"]
+__all__ = ["MAX_LOADED_MODELS_ENV", "clear_loaded_models", "get_model", "loaded_models"]
 
-_MODELS: dict[tuple, EmbeddingModel] = {}
+# The environment variable that bounds the models kept loaded (a positive integer).
+MAX_LOADED_MODELS_ENV = "SK_INSTRUCTOR_MAX_LOADED_MODELS"
+_DEFAULT_MAX_LOADED_MODELS = 4
+
+# Least recently used first.
+_MODELS: OrderedDict[tuple, EmbeddingModel] = OrderedDict()
 _LOCKS: dict[tuple, threading.Lock] = {}
 _GUARD = threading.Lock()
 
@@ -51,6 +62,9 @@ def get_model(
     # A local folder saved over (a fine-tune written to the same place) is loaded again: a
     # model is served only while its files still hold the weights that were loaded.
     if loaded is not None and loaded.is_current():
+        with _GUARD:
+            if key in _MODELS:
+                _MODELS.move_to_end(key)
         return loaded
     with _GUARD:
         lock = _LOCKS.setdefault(key, threading.Lock())
@@ -67,8 +81,32 @@ def get_model(
                 implementation=implementation,
                 compile=bool(compile),
             )
-            _MODELS[key] = loaded
+            with _GUARD:
+                _MODELS[key] = loaded
+                _MODELS.move_to_end(key)
+                limit = max_loaded_models()
+                while len(_MODELS) > limit:
+                    # Dropped from the registry only: a call holding it finishes with it.
+                    evicted, _ = _MODELS.popitem(last=False)
+                    _LOCKS.pop(evicted, None)
     return loaded
+
+
+def max_loaded_models() -> int:
+    """How many models the registry keeps: ``$SK_INSTRUCTOR_MAX_LOADED_MODELS``, default 4."""
+    value = os.environ.get(MAX_LOADED_MODELS_ENV, "").strip()
+    if not value:
+        return _DEFAULT_MAX_LOADED_MODELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(
+            f"{MAX_LOADED_MODELS_ENV}={value!r}: expected a positive integer (models kept "
+            f"loaded), e.g. 1 to keep only the model in use."
+        )
+    return limit
 
 
 def loaded_models() -> list[EmbeddingModel]:

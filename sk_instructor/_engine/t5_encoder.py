@@ -29,8 +29,7 @@ and of float32 (measured: 0.9997 or more on random weights).
 
 One layer is one function of tensors (:func:`encoder_layer`), the same for every layer, so that
 ``torch.compile`` compiles it once per input width and reuses it for all 24 layers: a
-24th of the graph that compiling the whole network traces (30-40 s per shape on an H200,
-issue 13).
+24th of the graph that compiling the whole network traces (30-40 s per shape on an H200).
 
 Covered: T5 and mT5 encoders with ReLU (T5 v1.0, INSTRUCTOR) or gated-GELU (T5 v1.1, mT5)
 feed-forward blocks, in float32 or bfloat16 (:func:`unsupported_reason`). Everything else runs
@@ -63,8 +62,8 @@ _DTYPES = (torch.float32, torch.bfloat16)
 # would send the remaining widths back to eager code.
 _RECOMPILE_LIMIT = 64
 # Compile the padded width as a dynamic dimension too (one graph for every width) instead of
-# one graph per width. Fewer compilations, possibly slower kernels: the issue measured 34% MFU
-# for a whole-model dynamic compile against 40% static; benchmarks/gpu_steady_state.py measures
+# one graph per width. Fewer compilations, possibly slower kernels: a whole-model dynamic
+# compile was measured at 34% MFU against 40% static; benchmarks/gpu_steady_state.py measures
 # both for this per-layer compile (paths "compiled" and "compiled-dynamic").
 _DYNAMIC_WIDTH = False
 # How padded keys are kept out of attention. True: in the keys (see encoder_layer), so that the
@@ -89,7 +88,7 @@ _PADDED_KEY_SCORE = -(2.0**64)
 # The attention kernels in order of preference. Flash attention takes no additive mask, so on a
 # GPU the choice is between the memory-efficient and the cuDNN kernel: on an H200, 512 rows x 16
 # heads x 64 x 64 with a (batch, heads, L, L) bfloat16 bias took 138 us in the efficient kernel,
-# 226 us in cuDNN's, 1,352 us in the unfused math one (issue 13). On a CPU, flash attention is
+# 226 us in cuDNN's, 1,352 us in the unfused math one. On a CPU, flash attention is
 # the fused kernel; it reads a (1, heads, L, L) bias for every row without copying it.
 _ATTENTION_BACKENDS = [
     SDPBackend.EFFICIENT_ATTENTION,

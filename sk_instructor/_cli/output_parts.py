@@ -1,22 +1,23 @@
-"""Crash-safe, resumable output for the command line.
+"""Crash-safe, resumable output for the command line, committed in parts.
 
-Vectors are written in chunks of consecutive input rows to a work folder next to the output,
-``OUTPUT.parts/``; a chunk is named by its first row, and holds as many rows as were done when
-it was committed (the command line commits every ``--chunk-size`` rows or ``--commit-seconds``,
-whichever comes first)::
+Vectors are written in *parts*, each of consecutive input rows, to a work folder next to the
+output, ``OUTPUT.parts/``; a part is named by its first row, and holds as many rows as were done
+when it was committed (the command line commits every ``--chunk-size`` rows or
+``--commit-seconds``, whichever comes first). The part files keep the names that earlier
+versions gave them, so that their unfinished runs still resume::
 
     OUTPUT.parts/
         manifest.json                what is being computed: input signature and vector settings
-        chunk-000000000000.parquet   input rows [0, n0): ids and vectors
-        chunk-000000000640.parquet   input rows [640, 640 + n1), where n0 = 640
+        chunk-000000000000.parquet   part of input rows [0, n0): ids and vectors
+        chunk-000000000640.parquet   part of input rows [640, 640 + n1), where n0 = 640
         .lock                        held while a run works here
 
 Every file is written under a temporary name, flushed to disk and renamed into place
-(``os.replace`` is atomic), so a chunk file either exists whole or not at all, whatever
+(``os.replace`` is atomic), so a part file either exists whole or not at all, whatever
 kills the process (Ctrl-C, SIGKILL, power loss). A later run with the same input and settings
-keeps the chunks that follow each other from row 0 (:meth:`ChunkedOutput.committed_rows`) and
-computes the rest, with any chunk size; a run with another input or other settings refuses
-instead of mixing vectors. Once every row is in a chunk they are assembled into the final file
+keeps the parts that follow each other from row 0 (:meth:`OutputParts.committed_rows`) and
+computes the rest, with parts of any size; a run with another input or other settings refuses
+instead of mixing vectors. Once every row is in a part they are assembled into the final file
 (again renamed into place) and the work folder is removed.
 """
 
@@ -42,13 +43,15 @@ except ImportError:  # pragma: no cover - exercised on Windows only
 
 from .errors import OutputError
 
-__all__ = ["MANIFEST_VERSION", "ChunkedOutput", "input_signature"]
+__all__ = ["MANIFEST_VERSION", "OutputParts", "input_signature"]
 
 # Bump when the layout of the work folder changes, so that old folders are refused clearly.
-# 2: chunks named by their first row, of any size (1: by their index, of --chunk-size rows).
+# 2: parts named by their first row, of any size (1: by their index, of --chunk-size rows).
 MANIFEST_VERSION = 2
 _IDENTITY_HEAD_BYTES = 2**20
-_CHUNK_NAME = re.compile(r"chunk-(\d{12,})\.parquet")
+# The names of part files on disk: those of earlier versions, which a run resumes.
+_PART_NAME = re.compile(r"chunk-(\d{12,})\.parquet")
+_PART_GLOB = "chunk-*.parquet"
 
 
 def input_signature(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -60,7 +63,7 @@ def input_signature(path: str | os.PathLike[str]) -> dict[str, Any]:
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from sk_instructor._cli.chunked_output import input_signature
+    >>> from sk_instructor._cli.output_parts import input_signature
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "texts.csv"
     >>> _ = path.write_text("text\\nhello\\n")
     >>> sorted(input_signature(path))
@@ -72,8 +75,8 @@ def input_signature(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "sha256_first_mib": head}
 
 
-class ChunkedOutput:
-    """The work folder of one output file: chunk files, manifest, lock and final assembly.
+class OutputParts:
+    """The work folder of one output file: part files, manifest, lock and final assembly.
 
     Parameters
     ----------
@@ -87,11 +90,11 @@ class ChunkedOutput:
     --------
     >>> import tempfile, pathlib
     >>> import numpy as np
-    >>> from sk_instructor._cli.chunked_output import ChunkedOutput
+    >>> from sk_instructor._cli.output_parts import OutputParts
     >>> output = pathlib.Path(tempfile.mkdtemp()) / "vectors.npy"
-    >>> with ChunkedOutput(output, {"settings": "..."}) as parts:
-    ...     parts.write_chunk(0, np.asarray([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32))
-    ...     parts.write_chunk(2, np.asarray([[0.6, 0.8]], dtype=np.float32))
+    >>> with OutputParts(output, {"settings": "..."}) as parts:
+    ...     parts.write_part(0, np.asarray([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32))
+    ...     parts.write_part(2, np.asarray([[0.6, 0.8]], dtype=np.float32))
     ...     parts.committed_rows(), parts.assemble(n_rows=3, embedding_column="embedding")
     (3, 3)
     >>> np.load(output).shape
@@ -102,12 +105,12 @@ class ChunkedOutput:
         self, output: str | os.PathLike[str], manifest: dict[str, Any] | None = None
     ) -> None:
         self.output = Path(output)
-        self.parts = self.output.with_name(self.output.name + ".parts")
+        self.folder = self.output.with_name(self.output.name + ".parts")
         self.manifest = {"manifest_version": MANIFEST_VERSION, **(manifest or {})}
         self._lock_handle: Any = None
 
     # -- opening: lock, check or write the manifest ------------------------------------------
-    def lock(self) -> ChunkedOutput:
+    def lock(self) -> OutputParts:
         """Take the work folder's lock (creating the folder), or fail at once.
 
         The command line takes it before anything slow, and checks whether the output exists
@@ -120,9 +123,9 @@ class ChunkedOutput:
         """
         if self._lock_handle is not None:
             return self
-        lock_path = self.parts / ".lock"
+        lock_path = self.folder / ".lock"
         for _ in range(100):
-            self.parts.mkdir(exist_ok=True)
+            self.folder.mkdir(exist_ok=True)
             try:
                 handle = open(lock_path, "a+b")
             except FileNotFoundError:  # the run that held it removed the folder just now
@@ -146,10 +149,10 @@ class ChunkedOutput:
         raise OutputError(f"could not take the lock {lock_path}: it keeps being removed")
 
     def has_work(self) -> bool:
-        """Whether the work folder holds an earlier run's work (a manifest or chunks)."""
-        return (self.parts / "manifest.json").exists() or bool(self.completed_chunks())
+        """Whether the work folder holds an earlier run's work (a manifest or parts)."""
+        return (self.folder / "manifest.json").exists() or bool(self.completed_parts())
 
-    def open(self, *, restart: bool = False) -> ChunkedOutput:
+    def open(self, *, restart: bool = False) -> OutputParts:
         """Take the work folder: lock it, then check that the work found there is resumable.
 
         Parameters
@@ -164,27 +167,27 @@ class ChunkedOutput:
             (and ``restart`` is false).
         """
         self.lock()
-        manifest_path = self.parts / "manifest.json"
+        manifest_path = self.folder / "manifest.json"
         if restart:
             self._clear()
         elif manifest_path.exists():
             self._check_manifest(manifest_path)
-        elif self.completed_chunks():
+        elif self.completed_parts():
             raise OutputError(
-                f"{self.parts} holds chunks but no manifest.json, so they cannot be checked; "
+                f"{self.folder} holds parts but no manifest.json, so they cannot be checked; "
                 f"pass --restart to discard them"
             )
-        for leftover in self.parts.glob(".*.tmp"):
+        for leftover in self.folder.glob(".*.tmp"):
             # Half-written files of a run that was killed: never renamed, so never trusted.
             leftover.unlink()
-        self._drop_unchained_chunks()
+        self._drop_unchained_parts()
         self._write_atomically(
             manifest_path, lambda handle: handle.write(_json_bytes(self.manifest))
         )
         return self
 
     def close(self) -> None:
-        """Release the lock; chunk files stay for a later run to resume from.
+        """Release the lock; part files stay for a later run to resume from.
 
         A work folder that holds no work (the run stopped before its manifest was written, on
         a bad input say) is removed, so that a failed run leaves nothing behind.
@@ -194,8 +197,8 @@ class ChunkedOutput:
         if not self.has_work():
             # Removed while still locked; a run waiting on the lock file takes a new one.
             with contextlib.suppress(OSError):
-                (self.parts / ".lock").unlink()
-                self.parts.rmdir()
+                (self.folder / ".lock").unlink()
+                self.folder.rmdir()
         self._release()
 
     def _release(self) -> None:
@@ -203,43 +206,42 @@ class ChunkedOutput:
             self._lock_handle.close()
             self._lock_handle = None
 
-    def __enter__(self) -> ChunkedOutput:
+    def __enter__(self) -> OutputParts:
         return self.open()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- chunks -------------------------------------------------------------------------------
-    def chunk_path(self, first_row: int) -> Path:
-        """Where the chunk that starts at input row ``first_row`` is kept."""
-        return self.parts / f"chunk-{first_row:012d}.parquet"
+    # -- parts --------------------------------------------------------------------------------
+    def part_path(self, first_row: int) -> Path:
+        """Where the part that starts at input row ``first_row`` is kept."""
+        return self.folder / f"chunk-{first_row:012d}.parquet"
 
-    def completed_chunks(self) -> dict[int, int]:
-        """First row -> rows, for every readable chunk file present."""
+    def completed_parts(self) -> dict[int, int]:
+        """First row -> rows, for every readable part file present."""
         found = {}
-        for path in self.parts.glob("chunk-*.parquet"):
-            match = _CHUNK_NAME.fullmatch(path.name)
+        for path in self.folder.glob(_PART_GLOB):
+            match = _PART_NAME.fullmatch(path.name)
             if match:
                 with contextlib.suppress(OSError, ValueError):
                     found[int(match.group(1))] = pq.read_metadata(path).num_rows
         return found
 
     def committed_rows(self) -> int:
-        """Input rows ``[0, n)`` held by chunks that follow each other from row 0: where a run
+        """Input rows ``[0, n)`` held by parts that follow each other from row 0: where a run
         resumes."""
-        return _chain(self.completed_chunks())[0]
+        return _chain(self.completed_parts())[0]
 
-    def _drop_unchained_chunks(self) -> None:
-        # Chunks after a gap (a chunk file lost or unreadable, never after a crash) would be
+    def _drop_unchained_parts(self) -> None:
+        # Parts after a gap (a part file lost or unreadable, never after a crash) would be
         # computed again with other boundaries; removed now, they cannot overlap those.
-        chunks = self.completed_chunks()
-        chained = set(_chain(chunks)[1])
-        for path in self.parts.glob("chunk-*.parquet"):
-            match = _CHUNK_NAME.fullmatch(path.name)
+        chained = set(_chain(self.completed_parts())[1])
+        for path in self.folder.glob(_PART_GLOB):
+            match = _PART_NAME.fullmatch(path.name)
             if not match or int(match.group(1)) not in chained:
                 path.unlink()
 
-    def write_chunk(
+    def write_part(
         self,
         first_row: int,
         vectors: np.ndarray,
@@ -248,10 +250,10 @@ class ChunkedOutput:
         ids: Any = None,
         id_column: str | None = None,
     ) -> None:
-        """Commit the chunk of input rows ``[first_row, first_row + len(vectors))``: written to a
+        """Commit the part of input rows ``[first_row, first_row + len(vectors))``: written to a
         temporary file, synced, renamed into place.
 
-        The chunk holds ``ids`` (when given) under ``id_column`` and the rows of ``vectors``
+        The part holds ``ids`` (when given) under ``id_column`` and the rows of ``vectors``
         as one ``fixed_size_list<float32>[dim]`` column named ``embedding_column``.
         """
         # A new table: the input's schema metadata (pandas' index description, say)
@@ -260,9 +262,9 @@ class ChunkedOutput:
         flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
         columns[embedding_column] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
         table = pa.table(columns)
-        # Uncompressed: float vectors hardly compress and the chunks are short-lived.
+        # Uncompressed: float vectors hardly compress and the parts are short-lived.
         self._write_atomically(
-            self.chunk_path(first_row),
+            self.part_path(first_row),
             lambda handle: pq.write_table(table, handle, compression="none"),
         )
 
@@ -275,15 +277,15 @@ class ChunkedOutput:
         column_per_dimension: bool = False,
         metadata: dict[str, str] | None = None,
     ) -> int:
-        """Write the chunks of rows ``[0, n_rows)`` into the final file, replace it, remove the
+        """Write the parts of rows ``[0, n_rows)`` into the final file, replace it, remove the
         folder.
 
         Parameters
         ----------
         n_rows : int
-            Rows of the input; the chunks must hold each exactly once.
+            Rows of the input; the parts must hold each exactly once.
         embedding_column : str
-            Name of the vector column in the chunks (and in a Parquet output).
+            Name of the vector column in the parts (and in a Parquet output).
         column_per_dimension : bool, default=False
             Parquet output: one float32 column ``{embedding_column}_{i}`` per dimension
             instead of one ``fixed_size_list`` column.
@@ -295,14 +297,14 @@ class ChunkedOutput:
         int
             Rows written.
         """
-        committed, first_rows = _chain(self.completed_chunks())
+        committed, first_rows = _chain(self.completed_parts())
         if committed != n_rows:
             raise OutputError(
-                f"{self.parts} holds rows [0, {committed}) of {n_rows}; run again to compute "
+                f"{self.folder} holds rows [0, {committed}) of {n_rows}; run again to compute "
                 f"the rest"
             )
-        paths = [self.chunk_path(first_row) for first_row in first_rows]
-        assembled = self.parts / ".assembled.tmp"
+        paths = [self.part_path(first_row) for first_row in first_rows]
+        assembled = self.folder / ".assembled.tmp"
         if self.output.suffix.lower() == ".npy":
             n_written = self._assemble_npy(assembled, paths, n_rows, embedding_column)
         else:
@@ -312,10 +314,10 @@ class ChunkedOutput:
         os.replace(assembled, self.output)
         _sync_folder(self.output.parent)
         # Renamed first so that the work folder vanishes at once: one half-deleted by a crash
-        # would send the next run back to recompute the chunks already removed. Still locked,
+        # would send the next run back to recompute the parts already removed. Still locked,
         # so that no other run starts on the folder in between (see lock()).
-        removed = self.parts.with_name(f".{self.parts.name}.{os.getpid()}.removed")
-        os.replace(self.parts, removed)
+        removed = self.folder.with_name(f".{self.folder.name}.{os.getpid()}.removed")
+        os.replace(self.folder, removed)
         self._release()
         shutil.rmtree(removed, ignore_errors=True)
         return n_written
@@ -380,7 +382,7 @@ class ChunkedOutput:
             return
         if found.get("manifest_version") != self.manifest["manifest_version"]:
             raise OutputError(
-                f"{self.parts} holds an unfinished run of another sk-instructor version, which "
+                f"{self.folder} holds an unfinished run of another sk-instructor version, which "
                 f"this one cannot resume; pass --restart to discard it"
             )
         labels = []
@@ -395,13 +397,13 @@ class ChunkedOutput:
             if label not in labels:
                 labels.append(label)
         raise OutputError(
-            f"{self.parts} holds an unfinished run with a different {', '.join(labels)}; "
+            f"{self.folder} holds an unfinished run with a different {', '.join(labels)}; "
             f"rerun it with the same input and options to resume, or pass --restart to "
             f"discard it"
         )
 
     def _clear(self) -> None:
-        for path in self.parts.iterdir():
+        for path in self.folder.iterdir():
             if path.name != ".lock":
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -424,13 +426,13 @@ class ChunkedOutput:
         _sync_folder(path.parent)
 
 
-def _chain(chunks: dict[int, int]) -> tuple[int, list[int]]:
-    """Follow chunks (first row -> rows) from row 0: (rows covered, first rows in order)."""
+def _chain(parts: dict[int, int]) -> tuple[int, list[int]]:
+    """Follow parts (first row -> rows) from row 0: (rows covered, first rows in order)."""
     first_rows = []
     row = 0
-    while chunks.get(row):
+    while parts.get(row):
         first_rows.append(row)
-        row += chunks[row]
+        row += parts[row]
     return row, first_rows
 
 
