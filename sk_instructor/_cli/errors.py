@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["PYARROW_HINT", "InputError", "OutputError", "describe", "one_line"]
+__all__ = ["PROGRAM", "PYARROW_HINT", "InputError", "OutputError", "describe", "one_line"]
+
+PROGRAM = "sk-instructor"
 
 PYARROW_HINT = (
     'the command line reads and writes files with pyarrow: pip install "sk-instructor[parquet]"'

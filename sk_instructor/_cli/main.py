@@ -22,19 +22,27 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import __version__
-from .. import _params as params
-from .._engine.entry import Encoder, EncodingSettings
-from .._instruction import resolve_instruction
-from .._progress import CHARACTERS_PER_TOKEN, Progress
-from .errors import PYARROW_HINT, InputError, OutputError, describe
-from .notices import OncePerKindWarnings
-from .options import PROGRAM, build_parser, from_cli
+from .errors import PROGRAM, PYARROW_HINT, InputError, OutputError, describe
 from .stopping import Terminated, exit_code, how_stopped, raise_on_sigterm
 
+# Nothing slow is imported before main() has installed its SIGTERM handler: importing
+# scikit-learn, numpy and pyarrow takes seconds, and a SIGTERM meanwhile would end the process
+# with -15 instead of the documented 143. They are imported in the functions that use them.
+if TYPE_CHECKING:
+    from .._engine.entry import Encoder
+    from .notices import OncePerKindWarnings
+
 __all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``sk-instructor`` (see :func:`.options.build_parser`)."""
+    from .options import build_parser
+
+    return build_parser()
+
 
 _USUAL_MAX_SEQ_LENGTH = 512  # INSTRUCTOR's; the progress estimate needs it before the model loads
 EXIT_ERROR = 1
@@ -64,6 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     >>> np.load(folder / "titles.npy").shape
     (2, 768)
     """
+    previous_handler = raise_on_sigterm()
+    try:
+        return _run(argv)
+    except (KeyboardInterrupt, Terminated) as stop:
+        # While the libraries were imported or the options read: nothing to report but that.
+        _error(how_stopped(stop))
+        return exit_code(stop)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _run(argv: list[str] | None) -> int:
+    from .notices import OncePerKindWarnings
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -72,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    previous_handler = raise_on_sigterm()
     try:
         with warnings.catch_warnings():
             notices = None
@@ -90,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _error(describe(exc))
         return EXIT_ERROR
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
 
 
 # -- before the model: the output, the lock, the input ------------------------------------------
@@ -115,7 +134,9 @@ def _embed(args: argparse.Namespace, notices: OncePerKindWarnings | None = None)
 
 
 def _check_output(args: argparse.Namespace) -> None:
-    """Refuse an output that cannot be written as asked, before anything is read."""
+    """Refuse options that cannot work together, before anything is read, locked or loaded
+    (the columns themselves are checked against the input when it is opened, before the
+    model loads; a refused run leaves no work folder behind)."""
     input_path, output = Path(args.input), Path(args.output)
     output_format = _OUTPUT_FORMATS.get(output.suffix.lower())
     if output_format is None:
@@ -124,6 +145,11 @@ def _check_output(args: argparse.Namespace) -> None:
         raise OutputError(
             "a .npy output holds only the vectors (row i is input row i); drop --id-column "
             "or write .parquet"
+        )
+    if args.id_column is not None and args.id_column == args.column:
+        raise InputError(
+            f"--id-column and --column are both {args.column!r}: the ids would be the texts; "
+            f"name another column for the ids, or drop --id-column"
         )
     if args.id_column == args.embedding_column:
         raise OutputError(
@@ -212,6 +238,8 @@ def _embed_rows(args, summary, run: _Run, parts, reader, notices) -> int:
     work_done = _skip_rows(reader, first_row, weights)
     schedule = CommitSchedule(args.chunk_size, args.commit_seconds, clock=_clock)
     pending = PendingPart(first_row)
+    from .._progress import Progress
+
     progress = Progress(
         n_rows=n_rows,
         total_work=summary.text_chars + n_rows * instruction_chars,
@@ -302,6 +330,8 @@ def _show_progress(args: argparse.Namespace) -> bool:
 def _char_cap(args: argparse.Namespace) -> int:
     """Characters of a text counted as work: about what the model reads of it, so that a
     20 MB text does not stall the bar's estimate."""
+    from .._progress import CHARACTERS_PER_TOKEN
+
     return CHARACTERS_PER_TOKEN * (args.max_seq_length or _USUAL_MAX_SEQ_LENGTH)
 
 
@@ -329,6 +359,9 @@ class _Run:
 
 def _parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The options as the estimators' parameters, checked as their ``fit`` checks them."""
+    from .. import _params as params
+    from .options import from_cli
+
     values = from_cli(args, ("model", *params.INSTRUCTION, *params.ENGINE))
     params.check(values, PROGRAM)
     return values
@@ -336,7 +369,10 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 def _open_encoder(args: argparse.Namespace) -> _Run:
     """Resolve the instruction and load the model, once, for the whole run."""
+    from .. import _params as params
     from .._cache import resolve_cache
+    from .._engine.entry import Encoder, EncodingSettings
+    from .._instruction import resolve_instruction
 
     values = _parameters(args)
     instruction = resolve_instruction(values, params.DEFAULTS)
@@ -348,6 +384,8 @@ def _open_encoder(args: argparse.Namespace) -> _Run:
 
 
 def _provenance(args: argparse.Namespace, run: _Run) -> dict[str, str]:
+    from .. import __version__
+
     return {
         "sk_instructor": json.dumps(
             {

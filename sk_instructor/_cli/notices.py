@@ -6,7 +6,7 @@ import re
 import sys
 from typing import Any
 
-from .options import PROGRAM
+from .errors import PROGRAM
 
 __all__ = ["OncePerKindWarnings"]
 

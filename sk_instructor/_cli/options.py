@@ -19,6 +19,7 @@ from typing import Any
 from .. import __version__
 from .. import _params as params
 from .._instruction import DEFAULT_TEMPLATE
+from .errors import PROGRAM
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -31,7 +32,6 @@ __all__ = [
     "positive_int",
 ]
 
-PROGRAM = "sk-instructor"
 # The defaults of --chunk-size (rows) and --commit-seconds: work is committed at least that often.
 DEFAULT_CHUNK_SIZE = 8192
 DEFAULT_COMMIT_SECONDS = 30.0
