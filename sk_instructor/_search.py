@@ -2,9 +2,16 @@
 
 :func:`cosine_kneighbors` returns what
 ``NearestNeighbors(metric="cosine", algorithm="brute").fit(corpus).kneighbors(queries)`` returns,
-without ever holding the ``n_queries x n_docs`` distance matrix: the corpus is read in chunks,
-each ``query_chunk x corpus_chunk`` block of distances is reduced to its best ``n_neighbors``
-with :func:`numpy.argpartition`, and a running top-k per query is merged block after block.
+without ever holding the ``n_queries x n_docs`` distance matrix: the corpus is read in blocks
+of rows, each block of at most ``query_chunk x corpus_chunk`` distances is reduced to its best
+``n_neighbors`` with :func:`numpy.argpartition`, and a running top-k per query is merged block
+after block. (``query_chunk`` and ``corpus_chunk`` are the retriever's parameter names.)
+
+Measured against scikit-learn on 1M x 384 float32 unit rows in a memmap
+(``benchmarks/search_vs_sklearn.py``): the same neighbours; 17.7-18.0 s against 20.9-27.8 s for
+1,000 queries, and 96 MiB of extra memory against 1.98 GiB (scikit-learn's cosine routes
+normalize a copy of the whole corpus for every batch of queries). Kept for that, and for what
+scikit-learn lacks: the grouped search of long-text windows and ties broken by index.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ def _validate_inputs(
     """Check both matrices and pick the dtype the distances are computed in.
 
     Like ``sklearn.metrics.pairwise.check_pairwise_arrays``: float32 only when both inputs are
-    float32, float64 otherwise. The cast itself happens chunk by chunk, so a float32 corpus is
+    float32, float64 otherwise. The cast itself happens block by block, so a float32 corpus is
     never copied whole into float64.
     """
     queries = check_array(queries, dtype=[np.float64, np.float32], input_name="queries")
@@ -51,9 +58,23 @@ def _check_positive_int(value: int, name: str) -> int:
     return int(value)
 
 
-def _chunks(n_rows: int, chunk_size: int) -> Iterator[slice]:
-    for start in range(0, n_rows, chunk_size):
-        yield slice(start, min(start + chunk_size, n_rows))
+def _blocks(n_rows: int, block_rows: int) -> Iterator[slice]:
+    for start in range(0, n_rows, block_rows):
+        yield slice(start, min(start + block_rows, n_rows))
+
+
+# At most this many times corpus_chunk rows per block, however few the queries: a block's rows
+# are copied when they are normalized or cast, so its size in bytes grows with them.
+_MAX_BLOCK_GROWTH = 8
+
+
+def _corpus_block_rows(n_queries: int, query_chunk: int, corpus_chunk: int) -> int:
+    """Corpus rows per block. Fewer queries than ``query_chunk`` take more corpus rows per
+    block (up to 8 times more), within the same ``query_chunk x corpus_chunk`` distances: one
+    query against 8,192 rows at a time spent its time in 123 small matrix products over 1M
+    rows (0.42 s against 1.71 s with 65,536, measured by benchmarks/search_vs_sklearn.py)."""
+    growth = min(_MAX_BLOCK_GROWTH, max(1, query_chunk // max(n_queries, 1)))
+    return corpus_chunk * growth
 
 
 def _unit_rows(rows: np.ndarray, dtype: np.dtype, already_normalized: bool) -> np.ndarray:
@@ -127,7 +148,7 @@ def cosine_kneighbors(
     corpus_is_normalized: bool = False,
     return_distance: bool = True,
 ) -> tuple[NDArray[np.floating], NDArray[np.intp]] | NDArray[np.intp]:
-    """Exact cosine k-nearest neighbours of ``queries`` in ``corpus``, chunk by chunk.
+    """Exact cosine k-nearest neighbours of ``queries`` in ``corpus``, block by block.
 
     Returns the same arrays as
     ``NearestNeighbors(metric="cosine", algorithm="brute").fit(corpus).kneighbors(queries,
@@ -141,7 +162,7 @@ def cosine_kneighbors(
     queries : array-like of shape (n_queries, n_features)
         Query embeddings. Sparse input is not supported.
     corpus : array-like of shape (n_docs, n_features)
-        Corpus embeddings; may be a :class:`numpy.memmap`, which is then read chunk by chunk.
+        Corpus embeddings; may be a :class:`numpy.memmap`, which is then read block by block.
     n_neighbors : int
         Number of neighbours per query, ``1 <= n_neighbors <= n_docs``.
     query_chunk : int, default=512
@@ -170,7 +191,7 @@ def cosine_kneighbors(
 
     Notes
     -----
-    Ties are broken by the lower corpus index, whatever the chunk sizes. sklearn's brute-force
+    Ties are broken by the lower corpus index, whatever the block sizes. sklearn's brute-force
     search makes no such promise: it orders each row with ``argpartition`` and a non-stable
     ``argsort``, so among exactly equal distances its order is arbitrary. Distances and untied
     indices agree with sklearn's. A zero vector, query or corpus row, has cosine distance 1 to
@@ -200,12 +221,13 @@ def cosine_kneighbors(
 
     best_distances = np.full((n_queries, n_neighbors), np.inf, dtype=dtype)
     best_indices = np.full((n_queries, n_neighbors), _NO_INDEX, dtype=np.intp)
-    # Corpus chunks outside, queries inside: each corpus row is read (from disk, for a memmap)
-    # and normalized once; re-normalizing a query chunk per corpus chunk costs 1/corpus_chunk of
-    # the matrix product.
-    for corpus_rows in _chunks(n_docs, corpus_chunk):
+    # Corpus blocks outside, queries inside: each corpus row is read (from disk, for a memmap)
+    # and normalized once; re-normalizing a block of queries per corpus block costs
+    # 1/corpus_block of the matrix product.
+    corpus_block = _corpus_block_rows(n_queries, query_chunk, corpus_chunk)
+    for corpus_rows in _blocks(n_docs, corpus_block):
         unit_corpus = _unit_rows(corpus[corpus_rows], dtype, corpus_is_normalized)
-        for query_rows in _chunks(n_queries, query_chunk):
+        for query_rows in _blocks(n_queries, query_chunk):
             unit_queries = _unit_rows(queries[query_rows], dtype, already_normalized=False)
             distances = _block_distances(unit_queries, unit_corpus)
             top = _block_top_k(distances, n_neighbors)
@@ -234,17 +256,18 @@ def grouped_cosine_kneighbors(
 ) -> tuple[NDArray[np.floating], NDArray[np.intp]] | NDArray[np.intp]:
     """Exact k nearest *groups* of corpus rows, a group being as near as its nearest row.
 
-    The search of a corpus of chunked documents: row ``i`` of ``corpus`` is a chunk of document
-    ``groups[i]``, and a document's cosine distance to a query is the smallest distance of its
-    chunks (its best chunk: max over chunks of the cosine similarity). Each document appears at
-    most once per query. With one row per group this is :func:`cosine_kneighbors`, to the bit.
+    The search of a corpus of documents cut into windows: row ``i`` of ``corpus`` is a window
+    of document ``groups[i]``, and a document's cosine distance to a query is the smallest
+    distance of its windows (its best window: max over windows of the cosine similarity). Each
+    document appears at most once per query. With one row per group this is
+    :func:`cosine_kneighbors`, to the bit.
 
     Parameters
     ----------
     queries : array-like of shape (n_queries, n_features)
         Query embeddings.
     corpus : array-like of shape (n_rows, n_features)
-        Row embeddings (chunks), grouped: the rows of a group are consecutive.
+        Row embeddings (windows), grouped: the rows of a group are consecutive.
     groups : array-like of int, shape (n_rows,)
         The group of each row: non-decreasing from 0, every group ``0 .. n_groups - 1`` with at
         least one row.
@@ -309,18 +332,18 @@ def grouped_cosine_kneighbors(
         if stop - start <= corpus_chunk:
             unit_corpus = _unit_rows(corpus[start:stop], dtype, corpus_is_normalized)
             local = bounds[first:last] - start
-            for query_rows in _chunks(n_queries, query_chunk):
+            for query_rows in _blocks(n_queries, query_chunk):
                 unit_queries = _unit_rows(queries[query_rows], dtype, already_normalized=False)
                 distances = _block_distances(unit_queries, unit_corpus)
                 merge(query_rows, np.minimum.reduceat(distances, local, axis=1), first)
             continue
         # One group larger than a block: its nearest row, block after block.
         nearest = np.full((n_queries, 1), np.inf, dtype=dtype)
-        for rows in _chunks(stop - start, corpus_chunk):
+        for rows in _blocks(stop - start, corpus_chunk):
             unit_corpus = _unit_rows(
                 corpus[start + rows.start : start + rows.stop], dtype, corpus_is_normalized
             )
-            for query_rows in _chunks(n_queries, query_chunk):
+            for query_rows in _blocks(n_queries, query_chunk):
                 unit_queries = _unit_rows(queries[query_rows], dtype, already_normalized=False)
                 distances = _block_distances(unit_queries, unit_corpus)
                 np.minimum(
@@ -328,7 +351,7 @@ def grouped_cosine_kneighbors(
                     distances.min(axis=1, keepdims=True),
                     out=nearest[query_rows],
                 )
-        for query_rows in _chunks(n_queries, query_chunk):
+        for query_rows in _blocks(n_queries, query_chunk):
             merge(query_rows, nearest[query_rows], first)
     if return_distance:
         return best_distances, best_indices

@@ -245,3 +245,22 @@ def test_memory_stays_bounded_by_the_chunks():
         tracemalloc.stop()
     # Blocks of 32 x 2048 need well under 1 MB each; allow 10x slack, still 1/10 of the matrix.
     assert peak < full_matrix_bytes / 10
+
+
+def test_a_few_queries_read_larger_corpus_blocks_within_the_same_memory_bound():
+    # One query takes more corpus rows per block (up to 8 times corpus_chunk, so a block still
+    # holds at most query_chunk x corpus_chunk distances), and finds what sklearn finds.
+    rng = np.random.default_rng(8)
+    corpus = rng.standard_normal((200_000, 16), dtype=np.float32)
+    query = rng.standard_normal((1, 16), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        distances, indices = cosine_kneighbors(query, corpus, 5, query_chunk=32, corpus_chunk=2048)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 8 x 2048 rows of 16 floats and their distances: well under 10 MB, whatever the corpus.
+    assert peak < 10 * 2**20
+    expected = NearestNeighbors(n_neighbors=5, metric="cosine").fit(corpus).kneighbors(query)
+    np.testing.assert_array_equal(indices, expected[1])
+    np.testing.assert_allclose(distances, expected[0], atol=1e-5)
