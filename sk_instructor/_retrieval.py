@@ -373,9 +373,11 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        # What fit and kneighbors accept, as the vectorizer's: texts, in a 1-D container or a
+        # single column (n, 1) (a one-column DataFrame included).
         tags.input_tags.string = True
         tags.input_tags.one_d_array = True
-        tags.input_tags.two_d_array = False
+        tags.input_tags.two_d_array = True
         tags.input_tags.allow_nan = self.missing in ("empty", "zero")
         tags.target_tags.required = False
         tags.requires_fit = True

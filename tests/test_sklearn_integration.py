@@ -25,7 +25,7 @@ from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold, cross_
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline, make_pipeline
 
-from sk_instructor import InstructorVectorizer
+from sk_instructor import InstructorRetriever, InstructorVectorizer
 from sk_instructor._engine.model import EmbeddingModel
 
 TEXTS = [
@@ -362,3 +362,19 @@ def test_minilm_nearest_neighbors_retrieve_the_paraphrase(minilm_path):
     )
     _, indices = neighbours.kneighbors(query_vectorizer.transform(queries))
     assert indices[:, 0].tolist() == [1, 0, 2, 3]
+
+
+@pytest.mark.parametrize("estimator_class", [InstructorVectorizer, InstructorRetriever])
+def test_the_input_tags_say_what_each_estimator_accepts(tiny_t5_path, estimator_class):
+    estimator = estimator_class(tiny_t5_path, cache=None)
+    tags = estimator.__sklearn_tags__().input_tags
+    texts = ["Dark matter", "quick brown fox", "energy loss"]
+    assert tags.string and tags.one_d_array and tags.two_d_array
+    assert not (tags.sparse or tags.categorical or tags.dict or tags.pairwise)
+    one_column = [texts, pd.DataFrame({"text": texts}), np.array(texts, dtype=object)[:, None]]
+    for X in one_column:  # 1-D, and 2-D of one column
+        estimator.fit(X)
+    with pytest.raises(ValueError):  # numbers are no texts
+        estimator.fit(np.arange(6.0).reshape(3, 2))
+    assert not tags.allow_nan  # missing="error" by default
+    assert estimator.set_params(missing="zero").__sklearn_tags__().input_tags.allow_nan
