@@ -41,9 +41,10 @@ def read_text_column(
 ) -> TextColumn:
     """Extract the texts of ``X`` (one per row), checking types row by row.
 
-    Accepted: a list or tuple of str, a 1-D numpy array (or a single column ``(n, 1)``), a
-    pandas or polars Series, a pandas or polars DataFrame with one column, a pyarrow array,
-    or any other iterable of str. With ``per_row_instructions``, rows are the model card's
+    Accepted: a list or tuple of str, a 1-D numpy array (or a single column ``(n, 1)``, also
+    as a list or tuple of one-element lists or tuples, ``[["a"], ["b"]]``), a pandas or polars
+    Series, a pandas or polars DataFrame with one column, a pyarrow array, or any other
+    iterable of str. With ``per_row_instructions``, rows are the model card's
     ``[instruction, text]`` / ``[instruction, text, flag]`` instead, as a list of lists or
     tuples or as an ``(n, 2)`` / ``(n, 3)`` array; otherwise such rows are refused, so that a
     list of sentence pairs is never read as instructions by mistake.
@@ -55,8 +56,14 @@ def read_text_column(
         2-D.
     TypeError
         A value that is neither text nor missing (numbers, bytes, a row of several values
-        without ``per_row_instructions``), naming its row; a sparse matrix; an unordered
-        container (set, dict).
+        without ``per_row_instructions``, a text among one-element rows), naming its row; a
+        sparse matrix; an unordered container (set, dict).
+
+    Examples
+    --------
+    >>> from sk_instructor._input import read_text_column
+    >>> read_text_column([["Dark matter"], ["Parton energy loss"]]).texts
+    ['Dark matter', 'Parton energy loss']
     """
     if isinstance(X, (str, bytes)):
         # The wording of sklearn's own text vectorizers, which reject a bare string the same way.
@@ -97,6 +104,10 @@ def read_text_column(
         )
     elif isinstance(X, Iterable):
         values = list(X)
+        # Python rows [text] are one column, as an (n, 1) array is; a Series or pyarrow array
+        # whose values are lists is not read this way.
+        if values and _is_one_element_row(values[0]) and not per_row_instructions:
+            values = _one_element_values(values, parameter, index)
     else:
         raise TypeError(
             f"{parameter} must be a list, array, Series or one-column DataFrame of texts; got "
@@ -117,6 +128,24 @@ def read_text_column(
     return TextColumn(
         texts=texts, feature_names=feature_names, missing_rows=missing_rows, index=index
     )
+
+
+def _is_one_element_row(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 1
+
+
+def _one_element_values(values: list, parameter: str, index: Any = None) -> list:
+    """The values of rows ``[text]``: one column, as an ``(n, 1)`` array is; every row must be
+    one (a row of another length, or a bare value, is refused naming its row)."""
+    for row, value in enumerate(values):
+        if not _is_one_element_row(value):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise TypeError(
+                f"{parameter} {_describe_row(row, index)} is {type(value).__name__} {shown}, "
+                f"where row 0 is a one-element row {values[0]!r:.60}: one column of texts is "
+                f"either every row a text or every row a one-element list [text]."
+            )
+    return [value[0] for value in values]
 
 
 def _array_values(X: np.ndarray, parameter: str) -> list:
@@ -217,6 +246,9 @@ def _not_text_message(parameter: str, row: int, value: Any, index: Any = None) -
         shown = shown[:57] + "..."
     if isinstance(value, bytes):
         hint = "Decode bytes first, e.g. value.decode('utf-8')."
+    elif isinstance(value, (list, tuple)) and len(value) == 1:
+        # A one-element row among texts (one-element rows are a column only when all are).
+        hint = "One column of texts is either every row a text or every row a one-element list."
     elif isinstance(value, (list, tuple)):
         hint = (
             "Rows [instruction, text] or [instruction, text, 0] carry their own instruction "

@@ -150,8 +150,17 @@ def test_max_seq_length_defaults_to_the_checkpoint_and_can_be_lowered(tiny_t5_pa
 
 
 def test_engine_parameters_reach_the_registry_and_the_encoder(tiny_t5_path, monkeypatch):
+    import os
+
+    from checkpoints import add_to_hub_cache
+
     from sk_instructor._engine import registry as _registry
 
+    # A revision pins a hub commit (a local folder refuses one): the tiny model as a hub model
+    # in the suite's offline cache, pinned to its commit.
+    commit = add_to_hub_cache(
+        os.environ["HF_HUB_CACHE"], "sk-instructor-tests/tiny-t5", tiny_t5_path
+    )
     registry_calls = []
     encode_calls = []
     real_get_model = _registry.get_model
@@ -170,8 +179,8 @@ def test_engine_parameters_reach_the_registry_and_the_encoder(tiny_t5_path, monk
 
     monkeypatch.setattr(_registry, "get_model", spy_get_model)
     vectorizer = InstructorVectorizer(
-        tiny_t5_path,
-        revision="v1.0",
+        "sk-instructor-tests/tiny-t5",
+        revision=commit.name,
         local_files_only=True,
         dtype="float32",
         compile=True,
@@ -183,9 +192,9 @@ def test_engine_parameters_reach_the_registry_and_the_encoder(tiny_t5_path, monk
     )
     vectorizer.fit_transform(TEXTS)
     model, kwargs = registry_calls[-1]
-    assert model == tiny_t5_path
+    assert model == "sk-instructor-tests/tiny-t5"
     assert kwargs == {
-        "revision": "v1.0",
+        "revision": commit.name,
         "device": "cpu",
         "dtype": "float32",
         "local_files_only": True,

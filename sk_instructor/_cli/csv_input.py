@@ -1,4 +1,8 @@
-"""CSV and TSV input: the columns asked for, from strictly read records, every field as text."""
+"""CSV and TSV input: the columns asked for, from strictly read records, every field as text.
+
+A compressed file (gzip, bzip2, Zstandard) is read decompressed, line by line, as it streams:
+its records, line numbers and errors are those of the plain file.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +27,15 @@ _BATCH_CHARS = 64 * 2**20
 class CsvInput(TableInput):
     """CSV and TSV, read with the :mod:`csv` module: strict quoting, every field as text."""
 
-    def __init__(self, path: Path, file_format: str, column: str, id_column: str | None) -> None:
-        super().__init__(path, file_format, column, id_column)
+    def __init__(
+        self,
+        path: Path,
+        file_format: str,
+        column: str,
+        id_column: str | None,
+        compression: str | None = None,
+    ) -> None:
+        super().__init__(path, file_format, column, id_column, compression)
         self._delimiter = "\t" if file_format == "tsv" else ","
         with self._records() as records:
             header = records.next()
@@ -90,4 +101,4 @@ class CsvInput(TableInput):
             )
 
     def _records(self) -> CsvRecords:
-        return CsvRecords(self.path, self._delimiter, self.format_name)
+        return CsvRecords(self.path, self._delimiter, self.format_name, self.compression)

@@ -2,6 +2,7 @@
 
 pyarrow's JSON reader says "in row N" counting from its current block, and stops at a value
 whose type differs from the first block's; this finds the line itself, once the reader failed.
+A compressed file is read decompressed, so that its lines are those of the plain file.
 """
 
 from __future__ import annotations
@@ -9,15 +10,31 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .input_file import DECOMPRESSION_ERRORS, compressed_hint, open_binary
+
 __all__ = ["json_problem"]
 
 
-def json_problem(path: Path, columns: list[str]) -> str | None:
+def json_problem(path: Path, columns: list[str], *, compression: str | None = None) -> str | None:
     """The first line of a JSON Lines file that pyarrow's reader cannot take, described.
 
     Lines that are not JSON objects, and values of ``columns`` whose JSON type differs from the
     first line's that has one (whole numbers may follow decimals, not the reverse). Only called
     once the reader has failed; None when nothing found explains the failure.
+
+    Parameters
+    ----------
+    path : Path
+        The JSON Lines file.
+    columns : list of str
+        The columns read, whose values must keep one JSON type.
+    compression : {"gzip", "bz2", "zstd"} or None, default=None
+        How the file is compressed; its lines are counted decompressed.
+
+    Returns
+    -------
+    str or None
+        ``"line N ..."``, or None.
 
     Examples
     --------
@@ -28,15 +45,24 @@ def json_problem(path: Path, columns: list[str]) -> str | None:
     >>> json_problem(path, ["id"])
     "line 3 has a string in column 'id' where line 1 has a decimal number; every value ..."
     """
+    try:
+        return _first_problem(path, columns, compression)
+    except DECOMPRESSION_ERRORS:
+        return None  # the reader's own error says it
+
+
+def _first_problem(path: Path, columns: list[str], compression: str | None) -> str | None:
     first: dict[str, tuple[str, int]] = {}
-    with open(path, "rb") as handle:
+    with open_binary(path, compression) as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             try:
                 record = json.loads(raw)
             except UnicodeDecodeError as exc:
-                return f"line {number} is not UTF-8 (byte 0x{raw[exc.start]:02x})"
+                # A compressed file named as a plain one is not UTF-8 from its first byte.
+                hint = "" if compression else compressed_hint(path)
+                return f"line {number} is not UTF-8 (byte 0x{raw[exc.start]:02x}){hint}"
             except json.JSONDecodeError as exc:
                 return f"line {number} is not valid JSON: {exc.msg} at column {exc.pos + 1}"
             if not isinstance(record, dict):

@@ -194,7 +194,11 @@ def _add_embed_command(commands: Any) -> argparse.ArgumentParser:
         epilog=_EMBED_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    embed.add_argument("input", metavar="INPUT", help="a .csv, .tsv, .parquet or .jsonl file")
+    embed.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a .csv, .tsv, .parquet or .jsonl file; CSV, TSV, JSON Lines also .gz, .bz2, .zst",
+    )
     embed.add_argument(
         "-o", "--output", required=True, metavar="OUTPUT", help="a .parquet or .npy file"
     )

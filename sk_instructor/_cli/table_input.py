@@ -3,10 +3,12 @@
 :func:`open_table_input` finds the format, opens the file and checks that it holds the columns
 asked for. CSV and TSV are read with Python's :mod:`csv` module in strict mode, every field as
 text (:mod:`~sk_instructor._cli.csv_input`, :mod:`~sk_instructor._cli.csv_records`); Parquet
-and JSON Lines are opened as a ``pyarrow.dataset`` (:mod:`~sk_instructor._cli.dataset_input`,
-whose errors :mod:`~sk_instructor._cli.jsonl_checks` explains). Either way only the text
-column (and the id column, when asked for) is kept, in record batches, so that files larger
-than memory stream through.
+is opened as a ``pyarrow.dataset`` and JSON Lines with pyarrow's streaming JSON reader
+(:mod:`~sk_instructor._cli.dataset_input`, whose errors :mod:`~sk_instructor._cli.jsonl_checks`
+explains). Either way only the text column (and the id column, when asked for) is kept, in
+record batches, so that files larger than memory stream through. CSV, TSV and JSON Lines may
+be compressed, as the name's last suffix says (``rows.csv.gz``, ``rows.tsv.bz2``,
+``rows.jsonl.zst``): they are read decompressed as they stream, and everything else is the same.
 
 :meth:`TableInput.scan` reads the whole file once before any vector is computed: it counts the
 rows (the progress bar's total), finds missing texts, and raises every problem of the file
@@ -25,10 +27,11 @@ import pyarrow as pa
 from .csv_input import CsvInput
 from .dataset_input import DatasetInput
 from .errors import InputError, one_line
-from .input_file import InputSummary, TableInput
+from .input_file import COMPRESSIONS, FORMAT_NAMES, InputSummary, TableInput
 from .row_reader import RowReader, text_lengths
 
 __all__ = [
+    "COMPRESSIONS",
     "INPUT_FORMATS",
     "InputSummary",
     "RowReader",
@@ -61,13 +64,16 @@ def open_table_input(
     Parameters
     ----------
     path : str or path-like
-        A ``.csv``, ``.tsv``, ``.parquet`` / ``.pq`` or ``.jsonl`` / ``.ndjson`` file.
+        A ``.csv``, ``.tsv``, ``.parquet`` / ``.pq`` or ``.jsonl`` / ``.ndjson`` file; CSV, TSV
+        and JSON Lines may be compressed, named with a last suffix ``.gz`` (gzip), ``.bz2``
+        (bzip2) or ``.zst`` (Zstandard): ``rows.csv.gz``.
     column : str
         The text column; it must hold text (or only missing values).
     id_column : str or None, default=None
         A column to carry to the output; any type (CSV and TSV fields are all text).
     input_format : {"csv", "tsv", "parquet", "jsonl"} or None, default=None
-        Overrides the format guessed from the file name.
+        Overrides the format guessed from the file name (a compression suffix still says how
+        the file is compressed: ``rows.gz`` with ``"jsonl"`` is gzip-compressed JSON Lines).
 
     Returns
     -------
@@ -92,10 +98,11 @@ def open_table_input(
     """
     path = Path(path)
     _check_file(path)
-    file_format = _file_format(path, input_format)
+    compression = COMPRESSIONS.get(path.suffix.lower())
+    file_format = _file_format(path, input_format, compression)
     opener = CsvInput if file_format in ("csv", "tsv") else DatasetInput
     try:
-        table_input = opener(path, file_format, column, id_column)
+        table_input = opener(path, file_format, column, id_column, compression)
     except OSError as exc:
         raise InputError(f"could not read {path}: {one_line(exc)}") from exc
     _check_columns(table_input)
@@ -113,13 +120,22 @@ def _check_file(path: Path) -> None:
         raise InputError(f"{path} is empty (0 bytes)")
 
 
-def _file_format(path: Path, input_format: str | None) -> str:
-    """The format asked for, else the one the file's name tells."""
-    file_format = input_format or INPUT_FORMATS.get(path.suffix.lower())
+def _file_format(path: Path, input_format: str | None, compression: str | None) -> str:
+    """The format asked for, else the one the file's name tells (before its compression
+    suffix, if any)."""
+    named = path.with_suffix("") if compression else path
+    file_format = input_format or INPUT_FORMATS.get(named.suffix.lower())
     if file_format is None:
         raise InputError(
             f"cannot tell the format of {path} from its name; use a .csv, .tsv, .parquet or "
-            f".jsonl file, or pass --input-format"
+            f".jsonl file (CSV, TSV and JSON Lines may be compressed: rows.csv.gz, .bz2, .zst), "
+            f"or pass --input-format"
+        )
+    if compression and file_format == "parquet":
+        raise InputError(
+            f"cannot read {path}: a {FORMAT_NAMES['parquet']} file is read in place, not "
+            f"through a {path.suffix} compression of the whole file (Parquet compresses its "
+            f"columns itself); decompress it first"
         )
     return file_format
 

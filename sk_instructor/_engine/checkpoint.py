@@ -28,6 +28,7 @@ __all__ = [
     "pooling_modes",
     "read_json",
     "read_stages",
+    "refuse_revision_of_folder",
     "regular_file",
     "resolve_model",
     "summarize",
@@ -294,11 +295,17 @@ def summarize_model(
 
     A local folder's fingerprint is taken from its files now (memoized while they do not
     change), so a folder saved over is described as it is, not as it was.
+
+    Raises
+    ------
+    ValueError
+        A ``revision`` with a local folder (:func:`refuse_revision_of_folder`).
     """
     name = os.fspath(model)
     local = Path(name).expanduser()
     if local.is_dir():
         folder = local.resolve()
+        refuse_revision_of_folder(folder, revision)
         fingerprint = fingerprint_folder(folder)
     else:
         key = (name, revision)
@@ -365,16 +372,62 @@ def resolve_model(
     Hub downloads go through ``huggingface_hub.snapshot_download`` so that its cache, ``revision``
     pins, ``HF_HUB_OFFLINE`` and tokens work as users expect; ``local_files_only=True`` only
     reads that cache.
+
+    Raises
+    ------
+    ValueError
+        A ``revision`` with a local folder (:func:`refuse_revision_of_folder`).
+    ModelNotFoundError
+        Neither a local folder nor a model found on the hub or in its cache.
     """
     path = Path(os.fspath(model)).expanduser()
     if path.is_dir():
-        return ResolvedModel(folder=path.resolve(), fingerprint=None)
+        folder = path.resolve()
+        refuse_revision_of_folder(folder, revision)
+        return ResolvedModel(folder=folder, fingerprint=None)
     text = os.fspath(model)
     if text.startswith((".", "/", "~")) or os.sep in text.replace("/", "") or text.count("/") > 1:
         raise ModelNotFoundError(f"model={text!r} looks like a folder path, but no such folder.")
     return _download_from_hub(
         text, revision=revision, local_files_only=local_files_only, cache_folder=cache_folder
     )
+
+
+def refuse_revision_of_folder(folder: Path, revision: str | None) -> None:
+    """Refuse a ``revision`` given with a local folder: it would select nothing.
+
+    A revision picks a commit of a model on the Hugging Face hub; a local folder is read as its
+    files are, so the revision would be ignored, and vectors labelled with a revision that did
+    not make them.
+
+    Parameters
+    ----------
+    folder : Path
+        The local model folder.
+    revision : str or None
+        The ``revision`` parameter; None passes.
+
+    Raises
+    ------
+    ValueError
+        ``revision`` is not None, naming it and the folder.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from sk_instructor._engine.checkpoint import refuse_revision_of_folder
+    >>> refuse_revision_of_folder(Path(tempfile.mkdtemp()), "v1.0")
+    Traceback (most recent call last):
+    ...
+    ValueError: revision='v1.0' was given with model=..., a local folder; ...
+    """
+    if revision is not None:
+        raise ValueError(
+            f"revision={revision!r} was given with model={str(folder)!r}, a local folder; a "
+            f"revision selects a commit of a model on the Hugging Face hub, and a folder is read "
+            f"as its files are: drop revision, or pass the hub id of the model."
+        )
 
 
 def _download_from_hub(
