@@ -44,8 +44,23 @@ def warn(message: str, category: type[Warning] = UserWarning, *, cause: Hashable
     category : Warning subclass, default=UserWarning
         The warning's class.
     cause : hashable or None, default=None
-        What the warning is about, e.g. ``("truncation", 512)``. A cause already warned about
-        in this process is not warned about again. ``None``: always warn.
+        What the warning is about, e.g. ``("truncation", fingerprint, 512)``. A cause already
+        warned about in this process is not warned about again. ``None``: always warn. Name the
+        cause, never the occasion: no counts, sizes or other numbers that differ from call to
+        call (the message may hold them), or a cause met batch after batch, a full disk under
+        a cache say, is warned about once per batch.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from sk_instructor._warnings import forget_said, warn
+    >>> forget_said()
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     for n_vectors in (16, 16, 7):
+    ...         warn(f"could not store {n_vectors} vectors", cause=("store", "disk full"))
+    >>> [str(warning.message) for warning in caught]
+    ['could not store 16 vectors']
     """
     if cause is not None:
         with _SAID_LOCK:

@@ -3,7 +3,7 @@
 Everything stored here can be recomputed, so the cache never stops the embedding: a damaged
 file is moved aside and started afresh, and a location that cannot be used (read-only, full, a
 database stuck past its lock timeout) turns the lookup or the store into a no-op; each with a
-warning, once.
+warning, once per file and kind of problem (a full disk is said once, not once per batch).
 
 Moving a file aside while another process uses it would lose that process's writes (they go
 into the moved file, or into a write-ahead log unlinked under it), so every use of the file holds
@@ -15,8 +15,10 @@ that found the same damage finds the file already replaced and keeps the new sto
 from __future__ import annotations
 
 import contextlib
+import errno
 import numbers
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -47,6 +49,9 @@ _SQL_CHUNK = 900
 _SCHEMA_VERSION = 2
 # SQLITE_CORRUPT and SQLITE_NOTADB: the file itself is damaged, as opposed to busy or locked.
 _CORRUPTION_CODES = frozenset({11, 26})
+# SQLITE_FULL, and the errors of the file system: no room left on the disk or in the quota.
+_SQLITE_FULL = 13
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -317,6 +322,7 @@ class DiskCache(EmbeddingCache):
                 if self.max_bytes is not None:
                     _evict_oldest(connection, self.max_bytes)
 
+        # The count is in the message only: the warning is said once per kind of problem.
         self._run(write, f"write {len(records)} vectors to")
 
     def _count(
@@ -369,7 +375,9 @@ class DiskCache(EmbeddingCache):
         """Run ``operation`` on this process's connection; ``None`` when the cache cannot.
 
         A damaged file is rebuilt once and the operation retried; any other failure (a full or
-        read-only disk, a lock held past ``timeout``) is warned about and skipped.
+        read-only disk, a lock held past ``timeout``) is warned about and skipped. The warning
+        is said once per file and kind of problem (:func:`_problem`), whatever the operation:
+        on a full disk every store and every count fails, batch after batch.
         """
         with self._lock:
             try:
@@ -383,7 +391,7 @@ class DiskCache(EmbeddingCache):
                     f"could not {doing} the embedding cache {self.path} ({error}); the "
                     f"embedding goes on without it",
                     RuntimeWarning,
-                    cause=("disk cache", str(self.path), doing, type(error).__name__, str(error)),
+                    cause=("disk cache", str(self.path), _problem(error)),
                 )
                 return None
 
@@ -513,6 +521,39 @@ class DiskCache(EmbeddingCache):
             f"started an empty cache",
             RuntimeWarning,
         )
+
+
+def _problem(error: BaseException) -> str:
+    """The kind of problem ``error`` shows, without anything that differs from call to call
+    (counts, sizes, page numbers): a warning is said once per kind.
+
+    Examples
+    --------
+    >>> import errno, sqlite3
+    >>> from sk_instructor._cache.disk import _problem
+    >>> _problem(OSError(errno.ENOSPC, "No space left on device"))
+    'no space left'
+    >>> _problem(sqlite3.OperationalError("database or disk is full"))
+    'no space left'
+    >>> _problem(TimeoutError("the lock to use the file was held for over 60 s"))
+    'TimeoutError: the lock to use the file was held for over # s'
+    """
+    if isinstance(error, (_Damaged, _FoundDamaged)):
+        return "damaged"
+    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+        return "no space left"
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(error, sqlite3.Error) and (
+        (code is not None and code & 0xFF == _SQLITE_FULL)
+        or (code is None and "disk is full" in str(error))  # Python < 3.11 has no codes
+    ):
+        return "no space left"
+    if code is not None:
+        return f"{type(error).__name__} {getattr(error, 'sqlite_errorname', code)}"
+    if isinstance(error, OSError) and error.errno is not None:
+        return f"{type(error).__name__} {errno.errorcode.get(error.errno, error.errno)}"
+    # No code to go by: the message, less its numbers.
+    return f"{type(error).__name__}: {re.sub(r'[0-9][0-9,.]*', '#', str(error))}"
 
 
 def _is_damage(error: BaseException) -> bool:

@@ -121,8 +121,10 @@ class PendingPart:
     def commit(self, parts: Any, *, embedding_column: str, id_column: str | None) -> int:
         """Write the pending rows as one part of ``parts`` (an OutputParts); returns rows.
 
-        Safe to call again after an interruption inside it: the part is written whole under
-        the same name, or not at all, and the rows stay pending until it is.
+        Safe to call again after an interruption or a failed write inside it (Ctrl-C, a full
+        disk): the part is written whole under the same name, or not at all, and the rows stay
+        pending until it is. A full disk raises
+        :class:`~sk_instructor._cli.output_parts.OutputWriteError`, naming the part's file.
         """
         first_row, pieces = self._state
         if not pieces:

@@ -19,18 +19,27 @@ keeps the parts that follow each other from row 0 (:meth:`OutputParts.committed_
 computes the rest, with parts of any size; a run with another input or other settings refuses
 instead of mixing vectors. Once every row is in a part they are assembled into the final file
 (again renamed into place) and the work folder is removed.
+
+A full disk (``ENOSPC``, or ``EDQUOT`` for a full quota) raises :class:`OutputWriteError`: one
+line naming the file that could not be written and where the committed parts are kept. The
+temporary file of the failed write is removed at once, the parts stay, and the same command run
+again with space resumes. The final ``.npy`` is written with ordinary writes, never through a
+memory map: a store into a memory-mapped page that the disk has no room for kills the process
+with SIGBUS, before anything can be reported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +52,7 @@ except ImportError:  # pragma: no cover - exercised on Windows only
 
 from .errors import OutputError
 
-__all__ = ["MANIFEST_VERSION", "OutputParts", "input_signature"]
+__all__ = ["MANIFEST_VERSION", "OutputParts", "OutputWriteError", "input_signature"]
 
 # Bump when the layout of the work folder changes, so that old folders are refused clearly.
 # 2: parts named by their first row, of any size (1: by their index, of --chunk-size rows).
@@ -52,6 +61,52 @@ _IDENTITY_HEAD_BYTES = 2**20
 # The names of part files on disk: those of earlier versions, which a run resumes.
 _PART_NAME = re.compile(r"chunk-(\d{12,})\.parquet")
 _PART_GLOB = "chunk-*.parquet"
+# The errors of a file system that has no room left for what is written: the disk, or the
+# user's quota, is full.
+_NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+_T = TypeVar("_T")
+
+
+class OutputWriteError(OutputError, OSError):
+    """A file of the output could not be written for lack of space; one line, meant for a user.
+
+    An :class:`OSError` too, with the ``errno`` of the failed write (``ENOSPC`` or ``EDQUOT``)
+    and the file that could not be written as ``filename``; its message says "no space left
+    on device", names that file and where the committed parts are kept.
+
+    Parameters
+    ----------
+    message : str
+        The whole message, one line.
+    error : OSError
+        The failed write.
+    path : path-like
+        The file that could not be written.
+
+    Examples
+    --------
+    >>> import errno
+    >>> from sk_instructor._cli.output_parts import OutputWriteError
+    >>> error = OutputWriteError(
+    ...     "no space left on device: could not write out.npy",
+    ...     OSError(errno.ENOSPC, "No space left on device"),
+    ...     "out.npy",
+    ... )
+    >>> error.errno == errno.ENOSPC, error.filename, str(error)
+    (True, 'out.npy', 'no space left on device: could not write out.npy')
+    """
+
+    def __init__(self, message: str, error: OSError, path: str | os.PathLike[str]) -> None:
+        OSError.__init__(self, error.errno, error.strerror or str(error), os.fspath(path))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        error = OSError(self.errno, self.strerror)
+        return type(self), (self.message, error, self.filename)
 
 
 def input_signature(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -125,9 +180,10 @@ class OutputParts:
             return self
         lock_path = self.folder / ".lock"
         for _ in range(100):
-            self.folder.mkdir(exist_ok=True)
             try:
-                handle = open(lock_path, "a+b")
+                with self._no_space_reported(lock_path):
+                    self.folder.mkdir(exist_ok=True)
+                    handle = open(lock_path, "a+b")
             except FileNotFoundError:  # the run that held it removed the folder just now
                 continue
             if fcntl is not None:
@@ -296,6 +352,12 @@ class OutputParts:
         -------
         int
             Rows written.
+
+        Raises
+        ------
+        OutputWriteError
+            The disk is full: the output is not written (nothing is left under its name or
+            a temporary one), the parts are kept, and a later call resumes from them.
         """
         committed, first_rows = _chain(self.completed_parts())
         if committed != n_rows:
@@ -304,15 +366,22 @@ class OutputParts:
                 f"the rest"
             )
         paths = [self.part_path(first_row) for first_row in first_rows]
-        assembled = self.folder / ".assembled.tmp"
         if self.output.suffix.lower() == ".npy":
-            n_written = self._assemble_npy(assembled, paths, n_rows, embedding_column)
+
+            def write(handle: Any) -> int:
+                return self._write_npy(handle, paths, n_rows, embedding_column)
+
         else:
-            n_written = self._assemble_parquet(
-                assembled, paths, embedding_column, column_per_dimension, metadata or {}
-            )
-        os.replace(assembled, self.output)
-        _sync_folder(self.output.parent)
+
+            def write(handle: Any) -> int:
+                return _write_parquet(
+                    handle, paths, embedding_column, column_per_dimension, metadata or {}
+                )
+
+        # Assembled in the work folder (on the output's file system), renamed into place.
+        n_written = self._write_atomically(
+            self.output, write, temporary=self.folder / ".assembled.tmp"
+        )
         # Renamed first so that the work folder vanishes at once: one half-deleted by a crash
         # would send the next run back to recompute the parts already removed. Still locked,
         # so that no other run starts on the folder in between (see lock()).
@@ -322,52 +391,34 @@ class OutputParts:
         shutil.rmtree(removed, ignore_errors=True)
         return n_written
 
-    def _assemble_npy(
-        self, target: Path, paths: list[Path], n_rows: int, embedding_column: str
-    ) -> int:
+    def _write_npy(self, handle: Any, paths: list[Path], n_rows: int, embedding_column: str) -> int:
+        """Write the ``.npy`` file np.save would write: its header, then each part's rows.
+
+        Ordinary buffered writes, never a memory map: on a full disk a write then raises
+        ``OSError(ENOSPC)``, where a store into a memory-mapped page would kill the process
+        with SIGBUS.
+        """
         dim = pq.read_schema(paths[0]).field(embedding_column).type.list_size
-        stored = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(n_rows, dim))
-        start = 0
+        header = {"descr": "<f4", "fortran_order": False, "shape": (n_rows, dim)}
+        try:
+            np.lib.format.write_array_header_1_0(handle, header)
+        except ValueError:  # pragma: no cover - a header over 64 KiB: never for two numbers
+            np.lib.format.write_array_header_2_0(handle, header)
+        written = 0
         for path in paths:
             vectors = _vectors(pq.read_table(path, columns=[embedding_column]))
-            stored[start : start + len(vectors)] = vectors
-            start += len(vectors)
-        stored.flush()
-        del stored
-        with open(target, "rb+") as handle:
-            os.fsync(handle.fileno())
-        return n_rows
-
-    def _assemble_parquet(
-        self,
-        target: Path,
-        paths: list[Path],
-        embedding_column: str,
-        column_per_dimension: bool,
-        metadata: dict[str, str],
-    ) -> int:
-        n_rows = 0
-        writer = None
-        try:
-            with open(target, "wb") as handle:
-                for path in paths:
-                    table = pq.read_table(path)
-                    if column_per_dimension:
-                        table = _one_column_per_dimension(table, embedding_column)
-                    if writer is None:
-                        schema = table.schema.with_metadata(
-                            {**(table.schema.metadata or {}), **metadata}
-                        )
-                        writer = pq.ParquetWriter(handle, schema)
-                    writer.write_table(table.cast(writer.schema))
-                    n_rows += table.num_rows
-                writer.close()
-                writer = None
-                handle.flush()
-                os.fsync(handle.fileno())
-        finally:
-            if writer is not None:
-                writer.close()
+            if vectors.shape[1] != dim:
+                raise OutputError(
+                    f"{path} holds vectors of dimension {vectors.shape[1]}, not {dim}; pass "
+                    f"--restart to compute them again"
+                )
+            handle.write(memoryview(np.ascontiguousarray(vectors, dtype="<f4")).cast("B"))
+            written += len(vectors)
+        if written != n_rows:  # pragma: no cover - the parts were chained to n_rows above
+            raise OutputError(
+                f"{self.folder} holds {written} rows, not {n_rows}; pass --restart to compute "
+                f"them again"
+            )
         return n_rows
 
     # -- internals ----------------------------------------------------------------------------
@@ -410,20 +461,87 @@ class OutputParts:
                 else:
                     path.unlink()
 
-    def _write_atomically(self, path: Path, write) -> None:
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    def _write_atomically(
+        self, path: Path, write: Callable[[Any], _T], *, temporary: Path | None = None
+    ) -> _T:
+        """Write ``path`` through ``write(handle)``: into a temporary file, synced, renamed into
+        place; returns what ``write`` returns. On any failure the temporary file is removed at
+        once (on a full disk, that gives back its space) and the final name never holds a
+        partial file; a full disk raises :class:`OutputWriteError` naming ``path``."""
+        if temporary is None:
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(temporary, "wb") as handle:
-                write(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
+            with self._no_space_reported(path):
+                with open(temporary, "wb") as handle:
+                    result = write(handle)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temporary, path)
         except BaseException:
             # Ctrl-C mid-write included: the final name never held a partial file.
             with contextlib.suppress(OSError):
                 temporary.unlink()
             raise
         _sync_folder(path.parent)
+        return result
+
+    @contextlib.contextmanager
+    def _no_space_reported(self, path: Path):
+        """Turn a full disk met while writing ``path`` into an :class:`OutputWriteError`."""
+        try:
+            yield
+        except OutputWriteError:
+            raise
+        except OSError as error:
+            if error.errno not in _NO_SPACE:
+                raise
+            raise self._no_space(error, path) from error
+
+    def _no_space(self, error: OSError, path: Path) -> OutputWriteError:
+        reason = "no space left on device"
+        if error.errno != errno.ENOSPC:
+            reason += f" ({(error.strerror or 'disk quota exceeded').lower()})"
+        # Reading what is kept needs no space.
+        rows = self.committed_rows() if self.folder.is_dir() else 0
+        if rows:
+            advice = (
+                f"the {rows} rows committed are kept in {self.folder}: free space, then run the "
+                f"same command again to resume"
+            )
+        else:
+            advice = "free space, then run the same command again"
+        return OutputWriteError(f"{reason}: could not write {path}; {advice}", error, path)
+
+
+def _write_parquet(
+    handle: Any,
+    paths: list[Path],
+    embedding_column: str,
+    column_per_dimension: bool,
+    metadata: dict[str, str],
+) -> int:
+    """Write the parts, in order, as one Parquet file to ``handle``; returns the rows."""
+    n_rows = 0
+    writer = None
+    try:
+        for path in paths:
+            table = pq.read_table(path)
+            if column_per_dimension:
+                table = _one_column_per_dimension(table, embedding_column)
+            if writer is None:
+                schema = table.schema.with_metadata({**(table.schema.metadata or {}), **metadata})
+                writer = pq.ParquetWriter(handle, schema)
+            writer.write_table(table.cast(writer.schema))
+            n_rows += table.num_rows
+        writer.close()
+        writer = None
+    finally:
+        if writer is not None:
+            # After a failed write (a full disk): the footer cannot be written either, and
+            # the first error is the one to report.
+            with contextlib.suppress(Exception):
+                writer.close()
+    return n_rows
 
 
 def _chain(parts: dict[int, int]) -> tuple[int, list[int]]:
