@@ -294,6 +294,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                     f"this vectorizer ran on {recorded!r}, which this machine lacks; using "
                     f"{fallback!r} instead.",
                     RuntimeWarning,
+                    cause=("recorded device missing", recorded, fallback),
                 )
                 self.device_ = fallback
 

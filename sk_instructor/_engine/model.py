@@ -220,11 +220,40 @@ class EmbeddingModel:
                 settings=keys,
                 progress=progress,
             )
-        pairs, unique_vectors, keys, todo = lookup.pairs, lookup.vectors, lookup.keys, lookup.todo
-        counts = lookup.counts
-
         budget = token_budget or DEFAULT_TOKEN_BUDGET.get(torch.device(self.device).type, 2048)
-        n_truncated = 0
+        n_truncated = self._encode_missing_pairs(
+            lookup, max_len, budget, batch_size, normalize=normalize, progress=progress
+        )
+        if n_truncated:
+            # Once per model and limit: a grid search refitting a hundred clones on the same
+            # texts would otherwise say it a hundred times.
+            warn(
+                f"{n_truncated} of {len(lookup.todo)} texts encoded were longer than "
+                f"max_seq_length={max_len} tokens (instruction included) and were truncated "
+                f"(further truncations at this limit are not reported).",
+                UserWarning,
+                cause=("truncation", self.fingerprint, max_len),
+            )
+        return lookup.result()
+
+    def _encode_missing_pairs(
+        self,
+        lookup: CacheLookup,
+        max_len: int,
+        budget: int,
+        batch_size: int | None,
+        *,
+        normalize: bool,
+        progress: Any,
+    ) -> int:
+        """Encode the pairs ``lookup`` lacks into its vectors (storing them in its cache), in
+        token-budgeted batches; returns how many were truncated."""
+        pairs, vectors_of_pairs, keys, counts = (
+            lookup.pairs,
+            lookup.vectors,
+            lookup.keys,
+            lookup.counts,
+        )
 
         def plan(lengths: np.ndarray) -> list[np.ndarray]:
             return plan_batches(
@@ -234,8 +263,14 @@ class EmbeddingModel:
                 pad_to=self.transformer.pad_to,
             )
 
+        def flush(pending: list[tuple[np.ndarray, torch.Tensor]]) -> None:
+            self._flush(pending, vectors_of_pairs, keys, lookup.cache, counts, progress)
+
+        n_truncated = 0
         with torch.inference_mode():
-            for block, tokenized, batches in self._prepared_blocks(pairs, todo, max_len, plan):
+            for block, tokenized, batches in self._prepared_blocks(
+                pairs, lookup.todo, max_len, plan
+            ):
                 n_truncated += tokenized.n_truncated
                 pending: list[tuple[np.ndarray, torch.Tensor]] = []
                 pending_rows = 0
@@ -248,20 +283,10 @@ class EmbeddingModel:
                     pending.append((block[batch], vectors))
                     pending_rows += len(batch)
                     if not self._pipelined or pending_rows >= _DEVICE_FLUSH_ROWS:
-                        self._flush(pending, unique_vectors, keys, cache, counts, progress)
+                        flush(pending)
                         pending, pending_rows = [], 0
-                self._flush(pending, unique_vectors, keys, cache, counts, progress)
-        if n_truncated:
-            # Once per model and limit: a grid search refitting a hundred clones on the same
-            # texts would otherwise say it a hundred times.
-            warn(
-                f"{n_truncated} of {len(todo)} texts encoded were longer than max_seq_length="
-                f"{max_len} tokens (instruction included) and were truncated (further "
-                f"truncations at this limit are not reported).",
-                UserWarning,
-                cause=("truncation", self.fingerprint, max_len),
-            )
-        return lookup.result()
+                flush(pending)
+        return n_truncated
 
     def encode_chunks(
         self,
