@@ -179,6 +179,7 @@ def _embed_locked(args: argparse.Namespace, parts, notices) -> int:
     run = _open_encoder(args)
     parts.manifest.update(_manifest(args, input_path, run))
     parts.open(restart=args.restart)
+    _keep_encoded_vectors_in(parts, run)
     reader = RowReader(table_input.batches())
     return _embed_rows(args, summary, run, parts, reader, notices)
 
@@ -381,6 +382,18 @@ def _open_encoder(args: argparse.Namespace) -> _Run:
     # and a max_seq_length or an instruction that cannot work fails before any work.
     encoder.check(instruction)
     return _Run(instruction, encoder)
+
+
+def _keep_encoded_vectors_in(parts, run: _Run) -> None:
+    """Unless the run already stores its vectors in a disk cache of the user's, store them in
+    one in its work folder: each batch is kept as soon as it is encoded, so that an interrupt
+    loses at most the batch in flight, even in a file smaller than one part (whose rows are
+    committed only when the part is). The folder, this cache included, goes when the output
+    is written; a rerun after an interrupt reads what it holds instead of encoding again."""
+    from .._cache import DiskCache
+
+    if not isinstance(run.encoder.cache, DiskCache):
+        run.encoder.cache = DiskCache(parts.folder / "encoded.sqlite")
 
 
 def _provenance(args: argparse.Namespace, run: _Run) -> dict[str, str]:

@@ -200,9 +200,17 @@ class OutputParts:
             with contextlib.suppress(FileNotFoundError):
                 if os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path)):
                     self._lock_handle = handle
+                    self._remove_finished_folders()
                     return self
             handle.close()
         raise OutputError(f"could not take the lock {lock_path}: it keeps being removed")
+
+    def _remove_finished_folders(self) -> None:
+        """Remove the work folders of finished runs that were killed while removing them: once
+        its output is in place, a run renames its folder aside, then deletes it (see
+        :meth:`assemble`); a kill in between left it there for good."""
+        for finished in self.folder.parent.glob(f".{self.folder.name}.*.removed"):
+            shutil.rmtree(finished, ignore_errors=True)
 
     def has_work(self) -> bool:
         """Whether the work folder holds an earlier run's work (a manifest or parts)."""
