@@ -170,3 +170,42 @@ def test_weights_replaced_during_an_embed_run_do_not_reach_its_output(
     )
     provenance = json.loads(table.schema.metadata[b"sk_instructor"])
     assert provenance["model_fingerprint"] == fingerprint
+
+
+def test_weights_replaced_between_an_interrupted_run_and_its_rerun_are_refused(
+    two_weights, tmp_path, monkeypatch, capsys
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sk_instructor._cli.main import main
+    from sk_instructor._cli.stopping import EXIT_INTERRUPTED
+
+    folder, other = two_weights
+    texts = [f"{text}, row {k}" for k, text in enumerate(TEXTS * 3)]
+    input_path, output = tmp_path / "rows.parquet", tmp_path / "vectors.parquet"
+    pq.write_table(pa.table({"text": texts}), input_path)
+    args = ["embed", str(input_path), "-o", str(output), "--model", str(folder)]
+    args += ["--instruction", INSTRUCTION, "--no-progress", "--chunk-size", "4"]
+    original, calls = Encoder.encode, []
+
+    def interrupted_at_the_third_piece(self, instructions, texts, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, instructions, texts, **kwargs)
+
+    monkeypatch.setattr(Encoder, "encode", interrupted_at_the_third_piece)
+    assert main(args) == EXIT_INTERRUPTED
+    monkeypatch.undo()
+    _replace_weights(folder, other)
+    capsys.readouterr()
+
+    assert main(args) == 1  # the parts were computed by other weights
+    assert "different model" in capsys.readouterr().err
+    assert main([*args, "--restart"]) == 0
+    table = pq.read_table(output)
+    got = np.stack(table.column("embedding").to_pylist())
+    np.testing.assert_allclose(got, _vectors(folder, texts), rtol=0, atol=1e-6)
+    provenance = json.loads(table.schema.metadata[b"sk_instructor"])
+    assert provenance["model_fingerprint"] == fingerprint_folder(folder)
