@@ -18,12 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_cli import INSTRUCTION, embed_args
 
 from sk_instructor import InstructorVectorizer
 from sk_instructor._cli import main
 from sk_instructor._engine.entry import Encoder
 
-INSTRUCTION = "Represent the Science title: "
 # Names as written after the format's own suffix, and pyarrow's name of each codec.
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 # Texts with what a CSV or JSON writer must quote or escape: commas, quotes, a newline inside
@@ -61,21 +61,6 @@ def write_compressed(path: Path, data: bytes, compression: str) -> Path:
     with pa.output_stream(str(path), compression=compression) as stream:
         stream.write(data)
     return path
-
-
-def embed_args(input_path, output, model, *extra: str) -> list[str]:
-    return [
-        "embed",
-        str(input_path),
-        "-o",
-        str(output),
-        "--model",
-        str(model),
-        "--instruction",
-        INSTRUCTION,
-        "--no-progress",
-        *extra,
-    ]
 
 
 def read_output(path: Path) -> tuple[list, np.ndarray]:
