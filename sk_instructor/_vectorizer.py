@@ -19,7 +19,8 @@ from sklearn.base import (
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _params as params
-from ._cache import resolve_cache
+from ._cache import MemoryCache, resolve_cache
+from ._cache.memory import folder_for_workers, join_parent
 from ._engine.entry import Encoder, EncodingSettings, resolve_device
 from ._input import TextColumn, describe_rows, read_text_column
 from ._instruction import resolve_instruction
@@ -28,6 +29,16 @@ from ._progress import text_progress
 from ._warnings import warn
 
 __all__ = ["InstructorVectorizer"]
+
+# The key of a pickled vectorizer's state that says where worker processes share the default
+# cache of the process that pickled it (never an attribute of a vectorizer).
+_WORKERS_FOLDER = "_sk_instructor_workers_folder"
+
+
+def _uses_the_default_memory_cache(cache: object) -> bool:
+    if isinstance(cache, str):
+        return cache == "memory"
+    return isinstance(cache, MemoryCache) and cache._is_process_default
 
 
 @params.fill_parameter_docs
@@ -280,7 +291,18 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         tags.non_deterministic = False
         return tags
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        if _uses_the_default_memory_cache(self.cache):
+            # For a worker process (GridSearchCV(n_jobs=2)): where it shares this process's
+            # default cache (see sk_instructor._cache.memory). Elsewhere it is ignored.
+            state = {**state, _WORKERS_FOLDER: folder_for_workers()}
+        return state
+
     def __setstate__(self, state: dict) -> None:
+        if _WORKERS_FOLDER in state:
+            state = dict(state)
+            join_parent(state.pop(_WORKERS_FOLDER))
         super().__setstate__(params.restore_defaults(self, state))
         # A vectorizer fitted on a GPU machine keeps working where there is none: the device is
         # resolved again when the recorded one is missing here.

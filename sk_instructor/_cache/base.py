@@ -4,6 +4,12 @@ The encoding engine asks the cache for the vector of every distinct ``(model, in
 settings, text)`` it needs (:meth:`EmbeddingCache.get_many`), encodes only the misses and stores
 them back (:meth:`EmbeddingCache.put_many`), then says how many texts it really encoded
 (:meth:`EmbeddingCache.record_encoded`). A cache only stores vectors; it never runs a model.
+
+Between the lookup and the store, a cache shared by processes coordinates them
+(:meth:`EmbeddingCache.claim`, :meth:`EmbeddingCache.release`, :meth:`EmbeddingCache.wait_for`,
+driven by :func:`sk_instructor._cache.coordination.encode_once`): a key is encoded by the one
+process that claimed it, the others wait for its vector. A cache of one process grants every
+claim, and the engine encodes every miss itself.
 """
 
 from __future__ import annotations
@@ -70,7 +76,10 @@ class EmbeddingCache(ABC):
     To write a store, subclass this and implement ``_lookup``, ``_store``, ``_size`` and
     :meth:`clear` (every call into them holds ``self._lock``), calling ``super().__init__()``.
     Counters live in this object unless the store overrides ``_count`` and ``_counters``
-    (:class:`DiskCache` keeps them in its file, shared by every process).
+    (:class:`DiskCache` keeps them in its file, shared by every process). A store shared by
+    processes also overrides :attr:`shared`, :meth:`claim`, :meth:`release` and
+    :meth:`wait_for`, so that each key is encoded by one of them; the defaults coordinate
+    nobody (every claim is granted).
 
     ``copy.deepcopy`` and ``sklearn.base.clone`` return the object itself, so every clone of
     an estimator shares its cache.
@@ -90,7 +99,9 @@ class EmbeddingCache(ABC):
     def __deepcopy__(self, memo: dict[int, Any]) -> EmbeddingCache:
         return self
 
-    def get_many(self, keys: Sequence[str], *, dim: int | None = None) -> list[np.ndarray | None]:
+    def get_many(
+        self, keys: Sequence[str], *, dim: int | None = None, count: bool = True
+    ) -> list[np.ndarray | None]:
         """Look up vectors; count a hit per key found and a miss per key not found.
 
         Parameters
@@ -101,6 +112,9 @@ class EmbeddingCache(ABC):
             The length every vector must have. A stored row of another length, or one that
             is not finite, cannot be the engine's: it counts as a miss (and is overwritten
             when the text is encoded again) instead of being served.
+        count : bool, default=True
+            ``False`` leaves the counters alone: the engine reading again keys it already
+            looked up (and counted as misses), once another process has encoded them.
 
         Returns
         -------
@@ -119,8 +133,9 @@ class EmbeddingCache(ABC):
                     else None
                     for vector in found
                 ]
-            hits = sum(vector is not None for vector in found)
-            self._count(hits=hits, misses=len(keys) - hits)
+            if count:
+                hits = sum(vector is not None for vector in found)
+                self._count(hits=hits, misses=len(keys) - hits)
         return found
 
     def put_many(self, keys: Sequence[str], vectors: np.ndarray) -> None:
@@ -157,6 +172,52 @@ class EmbeddingCache(ABC):
             raise ValueError(f"record_encoded: n must be a non-negative int, got {n!r}")
         with self._lock:
             self._count(encoded=int(n))
+
+    # -- coordination between processes (no-ops for a cache of one process) -------------------
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes use this store now: their claims then count. ``False``
+        here (a cache of one process)."""
+        return False
+
+    def claim(self, keys: Sequence[str], *, limit: int | None = None) -> list[str]:
+        """Take the right to encode some of ``keys``, so that no other process encodes them.
+
+        The claimed keys are this process's to encode and store (:meth:`put_many`), and to
+        :meth:`release` on every exit path. Another process asking for them meanwhile is not
+        granted them: it waits (:meth:`wait_for`) and reads the stored vectors.
+
+        Parameters
+        ----------
+        keys : sequence of str
+            Keys the caller lacks.
+        limit : int or None, default=None
+            Claim at most this many (processes sharing the work then take turns).
+
+        Returns
+        -------
+        list of str
+            The keys claimed, in the order given. This base class, a cache of one process,
+            claims every key: there is nobody to share them with, so ``limit`` is moot.
+        """
+        return list(dict.fromkeys(_check_keys(keys, "claim")))
+
+    def release(self, keys: Sequence[str]) -> None:
+        """Give up the claims on ``keys`` this process holds (stored or not): another process
+        may then encode those not stored. A no-op here."""
+        _check_keys(keys, "release")
+
+    def wait_for(self, keys: Sequence[str]) -> list[str]:
+        """Wait until some of ``keys`` are no longer claimed by another live process.
+
+        Returns
+        -------
+        list of str
+            The keys ready: stored by their claimant, or free to claim again (their claimant
+            released them unstored, or died). This base class returns every key at once.
+        """
+        return list(dict.fromkeys(_check_keys(keys, "wait_for")))
 
     def stats(self) -> CacheStats:
         """Return hits, misses and encoded (counted so far) and entries, nbytes (stored now)."""

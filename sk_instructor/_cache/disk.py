@@ -10,10 +10,18 @@ into the moved file, or into a write-ahead log unlinked under it), so every use 
 a shared lock on a ``-lock`` file beside it and a rebuild holds it exclusively: a process sees
 that the file at the path is not the one it opened and opens the new one, and a second process
 that found the same damage finds the file already replaced and keeps the new store.
+
+Processes that miss the same keys at the same moment (``GridSearchCV(n_jobs=2)`` workers) do
+not both encode them: a ``claims`` table in the same file says which process is encoding which
+key (see :meth:`DiskCache.claim`), and whether that process is alive is told by a lock it holds
+on a file of its own (``owners.py``). Reading never writes: the hit and miss counts of a process
+are kept in the process and written with its next write (a store, a claim), at :meth:`close` and
+at exit, so that readers never queue for the write lock.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import numbers
@@ -24,14 +32,15 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from .._warnings import warn
-from .base import EmbeddingCache
+from . import owners
+from .base import EmbeddingCache, _check_keys
 
 try:
     import fcntl
@@ -47,6 +56,13 @@ _SQL_CHUNK = 900
 # Version of the on-disk schema (``PRAGMA user_version``). Version 1 (sk_instructor 0.1) is
 # upgraded in place (it lacks the counters); any other is rebuilt rather than misread.
 _SCHEMA_VERSION = 2
+# Longest a process waits for keys another live process claimed without any of them becoming
+# ready: then it encodes them itself (with a warning). A claimant stores its vectors batch by
+# batch, so only a process that stopped making progress (stopped, hung) is ever waited for so
+# long; a dead one is noticed at once.
+_CLAIM_WAIT = 600.0
+# Seconds between two looks at the claims while waiting (first 1 ms, doubling up to this).
+_CLAIM_POLL = 0.05
 # SQLITE_CORRUPT and SQLITE_NOTADB: the file itself is damaged, as opposed to busy or locked.
 _CORRUPTION_CODES = frozenset({11, 26})
 # SQLITE_FULL, and the errors of the file system: no room left on the disk or in the quota.
@@ -79,6 +95,18 @@ CREATE TRIGGER IF NOT EXISTS embeddings_counted_update AFTER UPDATE OF vector ON
     UPDATE usage SET nbytes = nbytes + length(NEW.vector) - length(OLD.vector) WHERE id = 0;
 END;
 PRAGMA user_version = {_SCHEMA_VERSION};
+"""
+# Keys some process is encoding now: ``owner`` is its token (see owners.py), ``since`` when it
+# claimed them (seconds since the epoch, for people reading the file). Added to a store of
+# version 2 in place, without changing the version: earlier releases never read this table, and
+# they keep reading and writing the file as before.
+_CLAIMS = """
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    since REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS claims_by_owner ON claims (owner);
 """
 # From version 1: the counters every process adds to, so that stats() reads them anywhere.
 _UPGRADE_FROM_1 = f"""
@@ -135,11 +163,21 @@ class DiskCache(EmbeddingCache):
     whose size or checksum does not match is never served: it counts as a miss and the next
     :meth:`put_many` of that key overwrites it.
 
+    Processes that lack the same keys encode each once: the engine claims the keys it is
+    about to encode (:meth:`claim`), a process finding them claimed waits for their vectors
+    (:meth:`wait_for`) instead of encoding them, and the claims go when the vectors are stored
+    or the claimant releases them (:meth:`release`, on every exit path). A claimant that died
+    (SIGKILL, out of memory) is noticed at once, by the lock it held on
+    ``<file>-owners/<pid>-<random>.lock`` being free, and its keys are claimed again.
+
     ``copy.deepcopy`` and ``sklearn.base.clone`` return the same object; pickling keeps only
     the path and settings, and unpickling in a process gives that process's shared
     ``DiskCache`` for them. :meth:`stats` describes the file: ``hits``, ``misses`` and
     ``encoded`` add up the calls of every process that used it (``GridSearchCV(n_jobs=2)``
-    workers included), ``entries`` and ``nbytes`` what it holds.
+    workers included), ``entries`` and ``nbytes`` what it holds. Lookups never write (readers
+    do not wait for each other or for writers): a process's counts reach the file with its next
+    write (a store, a claim), at :meth:`close` and at its exit, and :meth:`stats` adds those of
+    the calling process not written yet.
 
     Parameters
     ----------
@@ -217,6 +255,14 @@ class DiskCache(EmbeddingCache):
         self._connection_file: tuple[int, int] | None = None
         # This process's descriptor of the ``-lock`` file; the finalizer closes it.
         self._lock_file: tuple[int, int, weakref.finalize] | None = None  # fd, pid, finalizer
+        # This process's right to claim keys (created on its first claim), and its writes so
+        # far: a waiter looks at the claims again when it or another connection wrote.
+        self._ownership: owners.Ownership | None = None
+        self._writes = 0
+        # False for the folder of a parallel run's workers (memory.py): made by the process
+        # that started them and removed when it exits, never made again by a worker after that.
+        self._makes_folder = True
+        _LIVE_DISK_CACHES.add(self)
 
     def __repr__(self) -> str:
         settings = "".join(
@@ -244,15 +290,17 @@ class DiskCache(EmbeddingCache):
         """Remove every stored vector from the file (for all processes sharing it)."""
 
         def delete_all(connection: sqlite3.Connection) -> None:
-            with _write_transaction(connection):
-                connection.execute("DELETE FROM embeddings")
+            connection.execute("DELETE FROM embeddings")
 
-        with self._lock:
-            self._run(delete_all, "clear")
+        self._write(delete_all, "clear")
 
     def close(self) -> None:
-        """Close this process's connection; the next call opens the file again."""
+        """Write this process's counts, release its claims and close its connection; the next
+        call opens the file again."""
         with self._lock:
+            self._drop_ownership()
+            if any(self._local_counters):
+                self._write(lambda connection: None, "count lookups in")
             if self._connection is not None and self._connection_pid == os.getpid():
                 # Under the lock: closing may fold the write-ahead log into the file and delete
                 # it, which must not meet a rebuild replacing the file and its log.
@@ -310,46 +358,38 @@ class DiskCache(EmbeddingCache):
             return
 
         def write(connection: sqlite3.Connection) -> None:
-            with _write_transaction(connection):
-                # DELETE then INSERT rather than INSERT OR REPLACE, whose implicit delete would
-                # not fire the trigger that keeps the usage counts.
-                connection.executemany(
-                    "DELETE FROM embeddings WHERE key = ?", [(record[0],) for record in records]
-                )
-                connection.executemany(
-                    "INSERT INTO embeddings (key, dim, crc, vector) VALUES (?, ?, ?, ?)", records
-                )
-                if self.max_bytes is not None:
-                    _evict_oldest(connection, self.max_bytes)
+            stored = [(record[0],) for record in records]
+            # DELETE then INSERT rather than INSERT OR REPLACE, whose implicit delete would
+            # not fire the trigger that keeps the usage counts.
+            connection.executemany("DELETE FROM embeddings WHERE key = ?", stored)
+            connection.executemany(
+                "INSERT INTO embeddings (key, dim, crc, vector) VALUES (?, ?, ?, ?)", records
+            )
+            # A stored key is claimed by nobody any more: whoever waits for it reads it now.
+            connection.executemany("DELETE FROM claims WHERE key = ?", stored)
+            if self.max_bytes is not None:
+                _evict_oldest(connection, self.max_bytes)
 
         # The count is in the message only: the warning is said once per kind of problem.
-        self._run(write, f"write {len(records)} vectors to")
+        self._write(write, f"write {len(records)} vectors to")
 
     def _count(
         self, *, hits: int = 0, misses: int = 0, encoded: int = 0, reset: bool = False
     ) -> None:
-        # Counted in the file, so that every process's lookups add up and any process reads
-        # them; what cannot be written there (the cache is unusable) is counted here.
-        if not (hits or misses or encoded or reset):
-            return
+        # Counted here, in the process, and added to the file's counters (which every process
+        # adds to, and any process reads) with this process's next write: a lookup that wrote
+        # its counts would be a write transaction, and readers would queue for the lock.
+        if reset:
 
-        def add(connection: sqlite3.Connection) -> bool:
-            with _write_transaction(connection):
-                if reset:
-                    connection.execute(
-                        "UPDATE usage SET hits = 0, misses = 0, encoded = 0 WHERE id = 0"
-                    )
+            def zero(connection: sqlite3.Connection) -> None:
                 connection.execute(
-                    "UPDATE usage SET hits = hits + ?, misses = misses + ?, "
-                    "encoded = encoded + ? WHERE id = 0",
-                    (hits, misses, encoded),
+                    "UPDATE usage SET hits = 0, misses = 0, encoded = 0 WHERE id = 0"
                 )
-            return True
 
-        if not self._run(add, "count lookups in"):
-            super()._count(hits=hits, misses=misses, encoded=encoded, reset=reset)
-        elif reset:
-            super()._count(reset=True)
+            with self._lock:
+                self._local_counters[:] = [0, 0, 0]  # not to be written after the reset
+                self._write(zero, "reset the counters of")
+        super()._count(hits=hits, misses=misses, encoded=encoded)
 
     def _counters(self) -> tuple[int, int, int]:
         def read(connection: sqlite3.Connection) -> tuple[int, int, int]:
@@ -369,7 +409,224 @@ class DiskCache(EmbeddingCache):
 
         return self._run(read_usage, "read the size of") or (0, 0)
 
+    # -- claims: each key encoded by one process ---------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        """Always ``True``: other processes may use the file at any moment."""
+        return True
+
+    def claim(self, keys: Sequence[str], *, limit: int | None = None) -> list[str]:
+        """Claim the keys of ``keys`` no other live process has claimed (at most ``limit``).
+
+        Keys claimed by a process that died are claimed again. Keys stored already may be
+        claimed (the caller reads them again first). Where claims cannot be written (a
+        read-only or full disk, a lock held past ``timeout``), every key is granted: this
+        process encodes them, as it would without coordination.
+        """
+        wanted = list(dict.fromkeys(_check_keys(keys, "claim")))
+        if limit is not None and (isinstance(limit, bool) or int(limit) < 1):
+            raise ValueError(f"claim: limit must be None or a positive int, got {limit!r}")
+        if not wanted:
+            return []
+        with self._lock:
+            ownership = self._own()
+            if ownership is None:
+                return wanted[:limit]
+            alive: dict[str, bool] = {}
+
+            def take(connection: sqlite3.Connection) -> tuple[list[str], set[str]]:
+                holders = _claims_of(connection, wanted)
+                free: list[str] = []
+                dead: set[str] = set()
+                for key in wanted:
+                    holder = holders.get(key)
+                    if holder is not None:
+                        if self._holds(holder, key, ownership, alive):
+                            continue
+                        if holder != ownership.token:
+                            dead.add(holder)
+                    free.append(key)
+                    if limit is not None and len(free) >= limit:
+                        break
+                for holder in dead:  # all of a dead process's claims, not only these keys'
+                    connection.execute("DELETE FROM claims WHERE owner = ?", (holder,))
+                now = time.time()
+                connection.executemany(
+                    "INSERT OR REPLACE INTO claims (key, owner, since) VALUES (?, ?, ?)",
+                    [(key, ownership.token, now) for key in free],
+                )
+                return free, dead
+
+            taken = self._write(take, "claim keys in")
+            if taken is None:
+                return wanted[:limit]  # the warning said why: encode them here
+            free, dead = taken
+            ownership.held.update(free)
+        for holder in dead:
+            owners.remove_dead(ownership.folder, holder)
+        return free
+
+    def release(self, keys: Sequence[str]) -> None:
+        """Drop this process's claims on ``keys`` (those stored are dropped already)."""
+        keys = _check_keys(keys, "release")
+        with self._lock:
+            ownership = self._ownership
+            if ownership is None or ownership.pid != os.getpid():
+                return
+            mine = [key for key in dict.fromkeys(keys) if key in ownership.held]
+            ownership.held.difference_update(mine)
+            if not mine:
+                return
+
+            def free(connection: sqlite3.Connection) -> None:
+                connection.executemany(
+                    "DELETE FROM claims WHERE owner = ? AND key = ?",
+                    [(ownership.token, key) for key in mine],
+                )
+
+            if self._write(free, "release claims in") is None:
+                # Claims left behind by a live process would hold the others up: this one
+                # lets its lock go, so that they find its claims a dead process's and take
+                # them over. Its next claim starts a new ownership.
+                self._drop_ownership(delete=False)
+
+    def wait_for(self, keys: Sequence[str]) -> list[str]:
+        """Wait until some of ``keys`` are no longer claimed by a live process; return them.
+
+        Polls the claims (a read, never the write lock), looking again only when something
+        was written to the file since, and asks each claimant whether it lives at every look:
+        a claimant that died is noticed within ``_CLAIM_POLL`` seconds. Should no key become
+        ready for ``_CLAIM_WAIT`` seconds (a claimant stopped, not dead), every key is
+        returned, with a warning: this process then encodes them.
+        """
+        wanted = list(dict.fromkeys(_check_keys(keys, "wait_for")))
+        if not wanted:
+            return []
+        deadline = time.monotonic() + _CLAIM_WAIT
+        delay = 0.001
+        seen: tuple[int, int] | None = None
+        holders: dict[str, str] = {}
+        while True:
+            with self._lock:
+                version = self._run(_data_version, "read the claims in")
+                if version is None:
+                    return wanted
+                if (version, self._writes) != seen:
+                    read = self._run(
+                        lambda connection: _claims_of(connection, wanted), "read the claims in"
+                    )
+                    if read is None:
+                        return wanted
+                    holders, seen = read, (version, self._writes)
+                ownership = self._ownership
+                if ownership is not None and ownership.pid != os.getpid():
+                    ownership = None
+                alive: dict[str, bool] = {}
+                ready = [
+                    key
+                    for key in wanted
+                    if key not in holders or not self._holds(holders[key], key, ownership, alive)
+                ]
+            if ready:
+                return ready
+            if time.monotonic() > deadline:
+                self._take_over(wanted)
+                warn(
+                    f"waited {_CLAIM_WAIT:g} s for {len(wanted)} texts that another process "
+                    f"claimed in the embedding cache {self.path} and has not encoded; encoding "
+                    f"them here",
+                    RuntimeWarning,
+                    cause=("claims stalled", str(self.path)),
+                )
+                return wanted
+            time.sleep(delay)
+            delay = min(delay * 2, _CLAIM_POLL)
+
+    def _take_over(self, keys: list[str]) -> None:
+        """Delete the claims of other processes on ``keys``: they are anyone's to claim now."""
+        with self._lock:
+            ownership = self._ownership
+            mine = ownership.token if ownership is not None else ""
+
+            def delete(connection: sqlite3.Connection) -> None:
+                connection.executemany(
+                    "DELETE FROM claims WHERE key = ? AND owner != ?",
+                    [(key, mine) for key in keys],
+                )
+
+            self._write(delete, "release claims in")
+
+    def _holds(
+        self,
+        holder: str,
+        key: str,
+        ownership: owners.Ownership | None,
+        alive: dict[str, bool],
+    ) -> bool:
+        """Whether the claim of ``holder`` on ``key`` stands: its process lives (for this
+        process's own token: one of its threads is encoding the key)."""
+        if ownership is not None and holder == ownership.token:
+            return key in ownership.held
+        if holder not in alive:
+            alive[holder] = owners.is_alive(self._owners_folder(), holder)
+        return alive[holder]
+
+    def _make_folder(self) -> None:
+        if self._makes_folder:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _owners_folder(self) -> Path:
+        return Path(f"{self.path}-owners")
+
+    def _own(self) -> owners.Ownership | None:
+        """This process's ownership, created on its first claim."""
+        ownership = self._ownership
+        if ownership is None or ownership.pid != os.getpid():
+            ownership = self._ownership = owners.Ownership.create(
+                self._owners_folder(), parents=self._makes_folder
+            )
+        return ownership
+
+    def _drop_ownership(self, *, delete: bool = True) -> None:
+        """Delete this process's claims (when ``delete``) and let its lock go."""
+        ownership = self._ownership
+        self._ownership = None
+        if ownership is None or ownership.pid != os.getpid():
+            return
+        if delete and ownership.held:
+
+            def free_all(connection: sqlite3.Connection) -> None:
+                connection.execute("DELETE FROM claims WHERE owner = ?", (ownership.token,))
+
+            self._write(free_all, "release claims in")
+        ownership.drop()
+
     # -- the connection ---------------------------------------------------------------------
+
+    def _write(self, operation: Callable[[sqlite3.Connection], _T], doing: str) -> _T | None:
+        """Run ``operation`` in one write transaction, with this process's counts not written
+        yet; ``None`` when the cache cannot (see :meth:`_run`), the counts then kept here."""
+        with self._lock:
+            pending = tuple(self._local_counters)
+
+            def transaction(connection: sqlite3.Connection) -> tuple[_T]:
+                with _write_transaction(connection):
+                    if any(pending):
+                        connection.execute(
+                            "UPDATE usage SET hits = hits + ?, misses = misses + ?, "
+                            "encoded = encoded + ? WHERE id = 0",
+                            pending,
+                        )
+                    return (operation(connection),)
+
+            done = self._run(transaction, doing)
+            if done is None:
+                return None
+            self._writes += 1
+            for position, written in enumerate(pending):
+                self._local_counters[position] -= written
+            return done[0]
 
     def _run(self, operation: Callable[[sqlite3.Connection], _T], doing: str) -> _T | None:
         """Run ``operation`` on this process's connection; ``None`` when the cache cannot.
@@ -417,13 +674,17 @@ class DiskCache(EmbeddingCache):
             if self._lock_file is not None:  # inherited through fork: the parent's own lock
                 self._lock_file[2]()
                 self._lock_file = None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_folder()
             descriptor = _open_lock_file(f"{self.path}-lock")
             if descriptor is None:
                 # A folder this process cannot write in: it cannot move the database aside
                 # either, and a process that can creates the lock file first.
                 return contextlib.nullcontext()
-            self._lock_file = (descriptor, pid, weakref.finalize(self, os.close, descriptor))
+            finalizer = weakref.finalize(self, os.close, descriptor)
+            # Not at exit: the counts are written then (_write_counts_at_exit), under this lock;
+            # the system closes the descriptor when the process ends.
+            finalizer.atexit = False
+            self._lock_file = (descriptor, pid, finalizer)
         return _flock(
             self._lock_file[0], fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, self.timeout
         )
@@ -447,7 +708,7 @@ class DiskCache(EmbeddingCache):
                 return self._connection
             # Another process moved the file aside (it found it damaged): use the new one.
         self._drop_connection()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_folder()
         connection = sqlite3.connect(
             self.path,
             timeout=self.timeout,
@@ -482,7 +743,8 @@ class DiskCache(EmbeddingCache):
             problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
                 raise _Damaged("PRAGMA quick_check: " + "; ".join(map(str, problems[:3])))
-        if connection.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version == _SCHEMA_VERSION and _has_claims_table(connection):
             return
         with _write_transaction(connection):
             # Read again under the write lock: another process may have created it meanwhile.
@@ -491,9 +753,11 @@ class DiskCache(EmbeddingCache):
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
             ).fetchone()[0]
             if version == _SCHEMA_VERSION:
+                _run_script(connection, _CLAIMS)
                 return
             if version == 1:
                 _run_script(connection, _UPGRADE_FROM_1)
+                _run_script(connection, _CLAIMS)
                 return
             if version != 0 or tables:
                 raise _Damaged(
@@ -501,6 +765,7 @@ class DiskCache(EmbeddingCache):
                     f"{_SCHEMA_VERSION} (written by another version of sk_instructor?)"
                 )
             _run_script(connection, _SCHEMA)
+            _run_script(connection, _CLAIMS)
 
     def _rebuild(self, damage: _FoundDamaged) -> None:
         """Move the damaged file aside, unless another process has replaced it already."""
@@ -663,6 +928,33 @@ def _write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
     connection.execute("COMMIT")
 
 
+def _has_claims_table(connection: sqlite3.Connection) -> bool:
+    return bool(
+        connection.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'claims'"
+        ).fetchone()[0]
+    )
+
+
+def _claims_of(connection: sqlite3.Connection, keys: list[str]) -> dict[str, str]:
+    """The owner of each of ``keys`` that is claimed."""
+    holders: dict[str, str] = {}
+    for start in range(0, len(keys), _SQL_CHUNK):
+        chunk = keys[start : start + _SQL_CHUNK]
+        holders.update(
+            connection.execute(
+                f"SELECT key, owner FROM claims WHERE key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+        )
+    return holders
+
+
+def _data_version(connection: sqlite3.Connection) -> int:
+    # Changes whenever another connection (another process) commits to the file.
+    return int(connection.execute("PRAGMA data_version").fetchone()[0])
+
+
 def _evict_oldest(connection: sqlite3.Connection, max_bytes: int) -> None:
     (nbytes,) = connection.execute("SELECT nbytes FROM usage WHERE id = 0").fetchone()
     excess = int(nbytes) - max_bytes
@@ -688,6 +980,26 @@ def _database_file(path: str | os.PathLike[str]) -> Path:
     if location.is_file() or location.suffix.lower() in _DB_SUFFIXES:
         return location
     return location / _DEFAULT_DB_NAME
+
+
+# Every DiskCache of this process: their counts not written yet are written at exit.
+_LIVE_DISK_CACHES: weakref.WeakSet[DiskCache] = weakref.WeakSet()
+
+
+@atexit.register
+def _write_counts_at_exit() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nobody is left to act on a warning
+        for cache in list(_LIVE_DISK_CACHES):
+            if (
+                cache._connection_pid in (None, os.getpid())
+                and any(cache._local_counters)
+                and cache.path.exists()  # not into a store removed meanwhile
+            ):
+                with contextlib.suppress(Exception):
+                    cache._write(lambda connection: None, "count lookups in")
 
 
 _DISK_CACHES: dict[tuple[str, int | None, float, bool], DiskCache] = {}

@@ -12,6 +12,11 @@ next :class:`Encoder`, not half-way through this one.
 
 Nothing here imports torch: a warm start answered by the cache never loads it.
 
+With a cache shared by processes (a :class:`DiskCache`, GridSearchCV workers), what the cache
+lacks is claimed before it is encoded (:func:`sk_instructor._cache.coordination.encode_once`):
+each key is encoded by one process, the others read its vector, and a process whose every
+missing key another process claimed never loads the model.
+
 Examples
 --------
 >>> from sk_instructor._engine.entry import EncodingSettings, encode
@@ -30,10 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._cache.coordination import encode_once
 from .._cache.keys import KeySettings
 from .._exceptions import CheckpointError
+from .._warnings import warn
 from .checkpoint import CheckpointSummary, summarize_model
-from .chunking import DEFAULT_CHUNK_OVERLAP, ChunkedEmbeddings
+from .chunking import DEFAULT_CHUNK_OVERLAP, ChunkedEmbeddings, RowProgress, plan_chunks
 from .device import dtype_name, resolve_device
 from .lookup import CacheLookup
 
@@ -51,6 +58,16 @@ __all__ = [
 ]
 
 _MISSING_POLICIES = ("error", "empty", "zero")
+# Keys claimed at a time in a cache shared by processes: processes that lack the same texts
+# share them out by blocks. On a CPU a block is seconds of work, and length-sorted batches
+# within it waste no more padding than across all texts; an accelerator encodes a larger block
+# at full speed (the engine tokenizes its next part while the device encodes).
+_CLAIM_BLOCK = {"cpu": 1024}
+_ACCELERATOR_CLAIM_BLOCK = 8192
+
+
+class _WeightsChanged(Exception):
+    """The files changed between a lookup made from them and the model's load (inside only)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +187,7 @@ class Encoder:
             self._model = model
             # The summary is the loaded model's, read from the files that were loaded.
             self._summary = model.summary
+            _warn_if_a_worker_on_an_accelerator(self.device, self.settings.model)
         return self._model
 
     def check(self, instruction: str | None) -> None:
@@ -195,31 +213,15 @@ class Encoder:
         output = np.zeros((len(rows), self.embedding_dim), dtype=np.float32)
         if not len(instructions):
             return output
-        lookup = None
-        if self._model is None and self.cache is not None and self.settings.long_text == "truncate":
-            # A warm start: keyed from the checkpoint's files alone, exactly as the engine keys.
-            lookup = self._look_up(instructions, texts, progress)
-            if lookup.complete:
-                self._check_same_weights(self.summary.fingerprint)
-                output[rows] = lookup.result()
-                return output
-        model = self.load()
-        keys = self._keys()
-        if lookup is not None and lookup.settings != keys:
-            lookup = None  # the files changed between the lookup and the load: ask again
-        output[rows] = model.encode(
-            instructions,
-            texts,
-            batch_size=self.settings.batch_size,
-            max_seq_length=self.settings.max_seq_length,
-            long_text=self.settings.long_text,
-            chunk_overlap=self.settings.chunk_overlap,
-            normalize=self.settings.normalize,
-            cache=self.cache,
-            keys=keys,
-            progress=progress,
-            lookup=lookup,
-        )
+        if self.settings.long_text == "chunk":
+            chunks = self._chunks(instructions, texts, progress)
+            output[rows] = chunks.pool(normalize=self.settings.normalize)
+        elif self.settings.long_text == "truncate":
+            output[rows] = self._encode_pairs(instructions, texts, progress)
+        else:
+            raise ValueError(
+                f"long_text must be 'truncate' or 'chunk', got {self.settings.long_text!r}."
+            )
         return output
 
     def encode_chunks(
@@ -229,18 +231,7 @@ class Encoder:
         it fits), whatever ``settings.long_text`` says; a text of ``None`` under
         ``missing="zero"`` gives one zero chunk. See :meth:`EmbeddingModel.encode_chunks`."""
         rows, instructions, texts = self._present(instructions, texts)
-        model = self.load()
-        chunks = model.encode_chunks(
-            instructions,
-            texts,
-            chunk_overlap=self.settings.chunk_overlap,
-            batch_size=self.settings.batch_size,
-            max_seq_length=self.settings.max_seq_length,
-            normalize=self.settings.normalize,
-            cache=self.cache,
-            keys=self._keys(),
-            progress=progress,
-        )
+        chunks = self._chunks(instructions, texts, progress)
         n_rows = len(rows)
         if rows.all():
             return chunks
@@ -248,7 +239,7 @@ class Encoder:
         kept, skipped = np.flatnonzero(rows), np.flatnonzero(~rows)
         owners = np.concatenate([kept[chunks.owners], skipped])
         order = np.argsort(owners, kind="stable")
-        zeros = np.zeros((len(skipped), model.embedding_dim), dtype=np.float32)
+        zeros = np.zeros((len(skipped), self.embedding_dim), dtype=np.float32)
         return ChunkedEmbeddings(
             vectors=np.concatenate([chunks.vectors, zeros])[order],
             owners=owners[order],
@@ -257,6 +248,108 @@ class Encoder:
         )
 
     # -- internals -----------------------------------------------------------------------------
+    def _encode_pairs(self, instructions: list[str], texts: list[str], progress: Any) -> np.ndarray:
+        """The vector of each (instruction, text), truncated to the window: from the cache
+        where it has it, else encoded here or, when another process sharing the cache claimed
+        it first, read once that process stored it. The model loads only to encode."""
+        if self.cache is None:
+            model = self.load()
+            return model.encode(
+                instructions,
+                texts,
+                **self._model_options(),
+                cache=None,
+                keys=self._keys(),
+                progress=progress,
+            )
+        while True:
+            # Keyed, before the model loads, from the checkpoint's files alone, exactly as the
+            # engine keys (a warm start answers here).
+            lookup = self._look_up(instructions, texts, progress)
+            try:
+                self._complete(lookup, instructions, texts, progress)
+            except _WeightsChanged:
+                continue  # the files changed between the lookup and the load: ask again
+            self._check_same_weights(lookup.settings.model_fingerprint)
+            return lookup.result()
+
+    def _complete(
+        self, lookup: CacheLookup, instructions: list[str], texts: list[str], progress: Any
+    ) -> None:
+        """Get every vector ``lookup`` lacks: each claimed and encoded here, or read once the
+        process that claimed it first stored it."""
+        pairs = lookup.todo
+
+        def encode(positions: np.ndarray) -> None:
+            self._encode_into(lookup, pairs[positions], instructions, texts, progress)
+
+        def found(positions: np.ndarray, vectors: list[np.ndarray]) -> None:
+            lookup.fill(pairs[positions], vectors, progress)
+
+        encode_once(
+            self.cache,
+            [lookup.keys[pair] for pair in pairs],
+            dim=lookup.vectors.shape[1],
+            encode=encode,
+            found=found,
+            block=_CLAIM_BLOCK.get(self.device, _ACCELERATOR_CLAIM_BLOCK),
+        )
+
+    def _encode_into(
+        self,
+        lookup: CacheLookup,
+        pairs: np.ndarray,
+        instructions: list[str],
+        texts: list[str],
+        progress: Any,
+    ) -> None:
+        """Encode the ``pairs`` of ``lookup`` into it (the model stores them in the cache)."""
+        model = self.load()
+        if self._keys() != lookup.settings:
+            raise _WeightsChanged
+        rest = np.setdiff1d(lookup.todo, pairs, assume_unique=True)
+        lookup.todo = pairs
+        model.encode(
+            instructions,
+            texts,
+            **self._model_options(),
+            cache=self.cache,
+            keys=lookup.settings,
+            progress=progress,
+            lookup=lookup,
+        )
+        lookup.todo = rest
+
+    def _model_options(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.settings.batch_size,
+            "max_seq_length": self.settings.max_seq_length,
+            "normalize": self.settings.normalize,
+        }
+
+    def _chunks(
+        self, instructions: list[str], texts: list[str], progress: Any
+    ) -> ChunkedEmbeddings:
+        """Each text as the chunks that fit the window (see :meth:`encode_chunks`), every
+        chunk a text of its own to the cache and the encoder (:meth:`_encode_pairs`)."""
+        model = self.load()
+        max_len = model.check_max_seq_length(self.settings.max_seq_length)
+        plan = plan_chunks(
+            model.transformer.tokenizer,
+            instructions,
+            texts,
+            max_len,
+            int(self.settings.chunk_overlap),
+        )
+        vectors = self._encode_pairs(
+            plan.instructions,
+            plan.texts,
+            None if progress is None else RowProgress(progress, len(plan.texts), len(texts)),
+        )
+        return ChunkedEmbeddings(
+            vectors=vectors, owners=plan.owners, weights=plan.weights, n_rows=len(texts)
+        )
+
     def _present(
         self, instructions: Sequence[str], texts: Sequence[str | None]
     ) -> tuple[np.ndarray, list[str], list[str]]:
@@ -311,6 +404,27 @@ class Encoder:
                 f"mixed with the old. Run the call again once the files are written."
             )
         self._used = fingerprint
+
+
+def _warn_if_a_worker_on_an_accelerator(device: str, model: object) -> None:
+    """Say, once per process, that a worker process loads a model of its own onto the device:
+    with GridSearchCV(n_jobs=k), k copies share one GPU."""
+    if device.startswith("cpu"):
+        return
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None:
+        return
+    warn(
+        f"a worker process (pid {os.getpid()}) loads its own copy of {os.fspath(model)!r} onto "
+        f"{device}: every worker of a parallel search (GridSearchCV(n_jobs=k) makes k) holds "
+        f"one in the device's memory, and they take turns on it. Encode in one process "
+        f"instead: fit_transform the texts under each instruction first with a disk cache "
+        f"(cache='some/folder'), then run the search; its workers read every vector from the "
+        f"cache and load no model. Or search with n_jobs=1: the GPU is the parallelism.",
+        RuntimeWarning,
+        cause=("model per worker on an accelerator", device),
+    )
 
 
 def encode(

@@ -89,6 +89,16 @@ class CacheLookup:
             if progress is not None and hit.any():
                 progress.update(int(self.counts[hit].sum()))
 
+    def fill(self, pairs: np.ndarray, vectors: Sequence[np.ndarray], progress: Any = None) -> None:
+        """Take the vectors of ``pairs`` read later (another process encoded them meanwhile):
+        they are no longer to encode, and ``progress`` advances by their rows."""
+        if not len(pairs):
+            return
+        self.vectors[pairs] = np.stack(vectors)
+        self.todo = np.setdiff1d(self.todo, pairs, assume_unique=True)
+        if progress is not None:
+            progress.update(int(self.counts[pairs].sum()))
+
     @property
     def complete(self) -> bool:
         """Whether every pair has its vector."""
