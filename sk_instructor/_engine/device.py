@@ -13,6 +13,7 @@ here only when the answer needs it: a CPU-only build of torch says so in its ``v
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 from functools import cache
@@ -25,7 +26,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DTYPE_NAMES",
     "IMPLEMENTATIONS",
+    "NUM_THREADS_ENV",
+    "apply_num_threads",
     "dtype_name",
+    "num_threads_from_env",
     "resolve_device",
     "resolve_dtype",
     "resolve_implementation",
@@ -33,6 +37,9 @@ __all__ = [
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 IMPLEMENTATIONS = ("auto", "fast", "transformers")
+
+# The environment variable that sets torch's CPU threads (intra-op) when a model is asked for.
+NUM_THREADS_ENV = "SK_INSTRUCTOR_NUM_THREADS"
 
 # Encoder families whose activations overflow float16 (values past 65504 in the feed-forward
 # blocks): they get bfloat16 on accelerators instead.
@@ -146,3 +153,44 @@ def resolve_implementation(
     if requested == "fast" or compile or device.split(":")[0] == "cuda":
         return "fast"
     return "transformers"
+
+
+def num_threads_from_env() -> int | None:
+    """``$SK_INSTRUCTOR_NUM_THREADS`` as a positive integer, or ``None`` when it is unset or empty.
+
+    A ValueError naming the variable refuses anything else, before a model loads.
+    """
+    value = os.environ.get(NUM_THREADS_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(
+            f"{NUM_THREADS_ENV}={value!r}: expected a positive integer (torch's CPU threads for "
+            f"encoding), e.g. 1 when other processes share the cores; unset it for torch's "
+            f"default (one per core)."
+        )
+    return threads
+
+
+def apply_num_threads(*, limit: int | None = None) -> int | None:
+    """Set torch's CPU threads from ``$SK_INSTRUCTOR_NUM_THREADS``; returns the count set, or
+    ``None`` when the variable is unset (torch's own setting, e.g. ``torch.set_num_threads``,
+    is then left alone).
+
+    ``limit`` caps the count (a process forked after loading a model stays on one thread:
+    torch's thread pool does not survive fork). The setting is process-wide, as torch's is.
+    """
+    threads = num_threads_from_env()
+    if threads is None:
+        return None
+    if limit is not None:
+        threads = min(threads, limit)
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads

@@ -8,6 +8,11 @@ loaded is loaded again.
 The registry keeps the most recently used models only (:data:`MAX_LOADED_MODELS_ENV`, default
 4): loading a fifth lets the least recently used go, its memory freed once no call still uses
 it. :func:`clear_loaded_models` lets every model go at once.
+
+Every call that asks for a model also applies ``$SK_INSTRUCTOR_NUM_THREADS`` (torch's CPU
+threads, process-wide; see ``device.apply_num_threads``) when it is set, so a value set before a
+``fit`` or ``transform`` holds while it encodes; unset, torch's own setting
+(``torch.set_num_threads``, one thread per core by default) is left alone.
 """
 
 from __future__ import annotations
@@ -21,10 +26,16 @@ import torch
 
 from .._warnings import warn
 from .checkpoint import resolve_model
-from .device import resolve_device
+from .device import NUM_THREADS_ENV, apply_num_threads, resolve_device
 from .model import EmbeddingModel
 
-__all__ = ["MAX_LOADED_MODELS_ENV", "clear_loaded_models", "get_model", "loaded_models"]
+__all__ = [
+    "MAX_LOADED_MODELS_ENV",
+    "NUM_THREADS_ENV",
+    "clear_loaded_models",
+    "get_model",
+    "loaded_models",
+]
 
 # The environment variable that bounds the models kept loaded (a positive integer).
 MAX_LOADED_MODELS_ENV = "SK_INSTRUCTOR_MAX_LOADED_MODELS"
@@ -34,6 +45,9 @@ _DEFAULT_MAX_LOADED_MODELS = 4
 _MODELS: OrderedDict[tuple, EmbeddingModel] = OrderedDict()
 _LOCKS: dict[tuple, threading.Lock] = {}
 _GUARD = threading.Lock()
+# Set in a child forked after models were loaded: torch's thread pool did not survive the fork,
+# so the child stays on one thread whatever $SK_INSTRUCTOR_NUM_THREADS says.
+_FORKED_AFTER_LOADING = False
 
 
 def get_model(
@@ -51,7 +65,11 @@ def get_model(
     ``compile`` is the user's parameter (``_params.py``); ``implementation`` (``"auto"``,
     ``"fast"``, ``"transformers"``, see ``device.resolve_implementation``) is for tests and
     benchmarks that force one encoder forward.
+
+    Applies ``$SK_INSTRUCTOR_NUM_THREADS`` when set (a ValueError naming it refuses a value that
+    is not a positive integer, before anything loads).
     """
+    apply_num_threads(limit=1 if _FORKED_AFTER_LOADING else None)
     resolved_device = resolve_device(device)
     name = os.fspath(model)
     local = Path(name).expanduser()
@@ -118,7 +136,9 @@ def _after_fork_in_child() -> None:
     # torch's CPU thread pool does not survive fork: a child forked after the parent has run a
     # model would hang in its first parallel operation. One thread has no pool to hang on, so
     # the child embeds (more slowly) instead of hanging; spawn or forkserver workers are fast.
+    global _FORKED_AFTER_LOADING
     if _MODELS:
+        _FORKED_AFTER_LOADING = True
         torch.set_num_threads(1)
         warn(
             "this process was forked from one that had loaded a model; torch's thread pool "
