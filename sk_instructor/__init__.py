@@ -39,6 +39,7 @@ _PUBLIC = {
     "EmbeddingCache": "._cache",
     "InstructionPair": "._instruction",
     "InstructionTemplate": "._instruction",
+    "InstructorFineTuner": "._finetune",
     "InstructorRetriever": "._retrieval",
     "InstructorVectorizer": "._vectorizer",
     "MemoryCache": "._cache",
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     from ._cache import default_memory_cache as default_memory_cache
     from ._exceptions import CheckpointError as CheckpointError
     from ._exceptions import ModelNotFoundError as ModelNotFoundError
+    from ._finetune import InstructorFineTuner as InstructorFineTuner
     from ._instruction import InstructionPair as InstructionPair
     from ._instruction import InstructionTemplate as InstructionTemplate
     from ._retrieval import InstructorRetriever as InstructorRetriever

@@ -35,6 +35,7 @@ MODULE_LAYERS = [
     ("sk_instructor._vectorizer", "estimators"),
     ("sk_instructor._retrieval", "estimators"),
     ("sk_instructor._similarity", "estimators"),
+    ("sk_instructor._finetune", "estimators"),
     ("sk_instructor._exceptions", "foundation"),
     ("sk_instructor._warnings", "foundation"),
     ("sk_instructor._progress", "foundation"),

@@ -42,6 +42,7 @@ from .._warnings import warn
 from .checkpoint import CheckpointSummary, summarize_model
 from .chunking import DEFAULT_CHUNK_OVERLAP, ChunkedEmbeddings, RowProgress, plan_chunks
 from .device import dtype_name, resolve_device
+from .fine_tuning import FineTuneResult, TrainingSettings, fine_tune
 from .lookup import CacheLookup
 
 if TYPE_CHECKING:
@@ -53,7 +54,10 @@ __all__ = [
     "ChunkedEmbeddings",
     "Encoder",
     "EncodingSettings",
+    "FineTuneResult",
+    "TrainingSettings",
     "encode",
+    "fine_tune",
     "resolve_device",
 ]
 
