@@ -5,9 +5,16 @@ Rows (each skipped, with the reason printed, when it cannot run here):
 
 - ``ours float32``: the default (``dtype="auto"`` is float32 on a CPU); the reference of every
   fidelity column.
-- ``ours bfloat16``: ``dtype="bfloat16"`` (transformers' module in bfloat16; oneDNN's bf16
-  matmuls where the CPU has avx512_bf16 / AMX).
-- T5 only: ``ours float32 fast`` / ``ours bfloat16 fast``: our T5 forward (``t5_encoder.py``)
+- ``ours bfloat16``: ``dtype="bfloat16"`` (oneDNN's bf16 matmuls where the CPU has
+  avx512_bf16 / AMX): transformers' module for MiniLM, our fast forward for T5 (the engine's
+  choice for T5 in bfloat16 on a CPU).
+- ``ours openvino f32`` / ``ours openvino bf16``: the public API,
+  ``InstructorVectorizer(backend="openvino", dtype="float32" / "bfloat16")``: the encoder body
+  converted in-process with ``openvino.convert_model`` and run by OpenVINO, everything else
+  the engine's (threads follow torch's setting, as in the engine).
+- T5 only: ``ours bfloat16 transformers``: transformers' module in bfloat16 forced
+  (``implementation="transformers"``), what the engine ran before it chose the fast forward;
+  ``ours float32 fast`` / ``ours bfloat16 fast``: our T5 forward (``t5_encoder.py``)
   forced on the CPU (``implementation="fast"``); ``ours bfloat16 fast+compile``: the same
   compiled (``compile=True``, one dynamic-width graph), timed at the thread count it was
   compiled at only (inductor fixes the OpenMP thread count in the code it generates).
@@ -46,6 +53,8 @@ Usage::
     python benchmarks/cpu_runtimes.py                       # MiniLM, 600 texts, threads 1,2
     python benchmarks/cpu_runtimes.py --models minilm,t5-base --t5-texts 120 --repeats 2
     python benchmarks/cpu_runtimes.py --loads idle,busy --int8
+    python benchmarks/cpu_runtimes.py --models minilm,t5-base --threads 1 \
+        --rows "bfloat16,openvino,OpenVINO,ORT"   # the README's table
 """
 
 from __future__ import annotations
@@ -380,7 +389,25 @@ def st_rows(path: Path, model_type: str) -> list[Row]:
     return rows
 
 
-def our_rows(path: Path, model_type: str, args, threads: list[int]) -> list[Row]:
+def vectorizer_row(label: str, path: Path, texts: list[str], **params) -> Row:
+    """A row through the public API: an ``InstructorVectorizer`` fitted once (the model loaded
+    and, for OpenVINO, converted before timing), each timed call a ``transform``."""
+    import torch
+
+    from sk_instructor import InstructorVectorizer
+
+    vectorizer = InstructorVectorizer(
+        path, instruction=INSTRUCTION, device="cpu", cache=None, **params
+    ).fit(texts[:1])
+
+    def encode(texts: list[str], n_threads: int) -> np.ndarray:
+        torch.set_num_threads(n_threads)
+        return vectorizer.transform(texts)
+
+    return Row(label, encode)
+
+
+def our_rows(path: Path, model_type: str, args, threads: list[int], texts: list[str]) -> list[Row]:
     import torch
 
     from sk_instructor._engine.checkpoint import resolve_model
@@ -391,6 +418,19 @@ def our_rows(path: Path, model_type: str, args, threads: list[int]) -> list[Row]
         torch_row("ours float32", get_model(path, device="cpu", dtype="float32")),
         torch_row("ours bfloat16", get_model(path, device="cpu", dtype="bfloat16")),
     ]
+    if importlib.util.find_spec("openvino") is None:
+        print('skip ours openvino rows: pip install "sk-instructor[openvino]"')
+    else:
+        for dtype, short in (("float32", "f32"), ("bfloat16", "bf16")):
+            start = time.perf_counter()
+            row = vectorizer_row(
+                f"ours openvino {short}", path, texts, backend="openvino", dtype=dtype
+            )
+            print(f"{row.label}: loaded and converted in {time.perf_counter() - start:.1f} s")
+            rows.append(row)
+    if model_type == "t5":
+        model = get_model(path, device="cpu", dtype="bfloat16", implementation="transformers")
+        rows.append(torch_row("ours bfloat16 transformers", model))
     top = (max(threads),)
     implementations = ("transformers", "fast") if model_type == "t5" else ("transformers",)
     for implementation in implementations:
@@ -568,7 +608,7 @@ def main(argv: list[str] | None = None) -> None:
         model_type = "t5" if name.startswith("t5") else "bert"
         texts = short_texts(args.t5_texts if model_type == "t5" else args.n_texts)
         print(f"\n== {name}: {path}", flush=True)
-        rows = our_rows(path, model_type, args, threads)
+        rows = our_rows(path, model_type, args, threads, texts)
         rows += st_rows(path, model_type)
         rows += runtime_rows(path, name, args, threads)
         if args.rows:

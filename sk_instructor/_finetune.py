@@ -97,7 +97,7 @@ class InstructorFineTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         weights, instruction, training parameters and seed, texts and labels) under
         ``$SK_INSTRUCTOR_FINE_TUNED_DIR``, else ``~/.cache/sk_instructor/fine_tuned``; a fit of
         the same content finds it there and trains nothing.
-    .. shared parameters:: batch_size, device, dtype, compile, max_seq_length, long_text
+    .. shared parameters:: batch_size, device, dtype, compile, backend, max_seq_length, long_text
     .. shared parameters:: chunk_overlap, normalize, missing, show_progress_bar, cache, revision
     .. shared parameters:: local_files_only
 
@@ -193,6 +193,7 @@ class InstructorFineTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         device: str = DEFAULTS["device"],
         dtype: str = DEFAULTS["dtype"],
         compile: bool = DEFAULTS["compile"],
+        backend: str = DEFAULTS["backend"],
         max_seq_length: int | None = DEFAULTS["max_seq_length"],
         long_text: str = DEFAULTS["long_text"],
         chunk_overlap: int = DEFAULTS["chunk_overlap"],
@@ -220,6 +221,7 @@ class InstructorFineTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.device = device
         self.dtype = dtype
         self.compile = compile
+        self.backend = backend
         self.max_seq_length = max_seq_length
         self.long_text = long_text
         self.chunk_overlap = chunk_overlap
@@ -258,7 +260,8 @@ class InstructorFineTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.n_features_in_ = 1
         texts, codes = self._training_data(column, y)
         self.instruction_ = resolve_instruction(params.values(self, params.INSTRUCTION), DEFAULTS)
-        self.device_ = resolve_device(self.device)
+        # backend="openvino" runs on the CPU: training too, so that fit and transform agree.
+        self.device_ = resolve_device(self.device, self.backend)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         result = fine_tune(
             model=self.model,

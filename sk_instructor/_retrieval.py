@@ -96,7 +96,7 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         Queries per block of the search.
     corpus_chunk : int, default=8192
         Documents per block of the search. A float32 block of the defaults takes 16 MiB.
-    .. shared parameters:: batch_size, device, dtype, compile, max_seq_length, long_text
+    .. shared parameters:: batch_size, device, dtype, compile, backend, max_seq_length, long_text
     .. shared parameters:: chunk_overlap, missing, show_progress_bar, cache, revision
     .. shared parameters:: local_files_only
 
@@ -195,6 +195,7 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         device: str = DEFAULTS["device"],
         dtype: str = DEFAULTS["dtype"],
         compile: bool = DEFAULTS["compile"],
+        backend: str = DEFAULTS["backend"],
         max_seq_length: int | None = DEFAULTS["max_seq_length"],
         long_text: str = DEFAULTS["long_text"],
         chunk_overlap: int = DEFAULTS["chunk_overlap"],
@@ -216,6 +217,7 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         self.device = device
         self.dtype = dtype
         self.compile = compile
+        self.backend = backend
         self.max_seq_length = max_seq_length
         self.long_text = long_text
         self.chunk_overlap = chunk_overlap

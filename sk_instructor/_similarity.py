@@ -44,6 +44,7 @@ def pair_similarity(
     device: str = DEFAULTS["device"],
     dtype: str = DEFAULTS["dtype"],
     compile: bool = DEFAULTS["compile"],
+    backend: str = DEFAULTS["backend"],
     max_seq_length: int | None = DEFAULTS["max_seq_length"],
     long_text: str = DEFAULTS["long_text"],
     chunk_overlap: int = DEFAULTS["chunk_overlap"],
@@ -75,7 +76,7 @@ def pair_similarity(
     instruction_b : str or None, default=None
         Instruction for ``texts_b``; ``None`` uses ``instruction_a`` (symmetric tasks). Pass
         ``""`` for no instruction on this side only.
-    .. shared parameters:: batch_size, device, dtype, compile, max_seq_length, long_text
+    .. shared parameters:: batch_size, device, dtype, compile, backend, max_seq_length, long_text
     .. shared parameters:: chunk_overlap, missing, show_progress_bar, cache, revision
     .. shared parameters:: local_files_only
 

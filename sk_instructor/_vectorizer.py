@@ -64,7 +64,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ``[instruction, text, flag]`` and embed its text under its own instruction (the flag is
         ignored, as in InstructorEmbedding 1.0.1). ``instruction`` must then be None, and
         ``instruction_`` is None. Without it, such rows are refused.
-    .. shared parameters:: batch_size, device, dtype, compile, max_seq_length, long_text
+    .. shared parameters:: batch_size, device, dtype, compile, backend, max_seq_length, long_text
     .. shared parameters:: chunk_overlap, normalize, missing, show_progress_bar, cache, revision
     .. shared parameters:: local_files_only
 
@@ -163,6 +163,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         device: str = DEFAULTS["device"],
         dtype: str = DEFAULTS["dtype"],
         compile: bool = DEFAULTS["compile"],
+        backend: str = DEFAULTS["backend"],
         max_seq_length: int | None = DEFAULTS["max_seq_length"],
         long_text: str = DEFAULTS["long_text"],
         chunk_overlap: int = DEFAULTS["chunk_overlap"],
@@ -184,6 +185,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.device = device
         self.dtype = dtype
         self.compile = compile
+        self.backend = backend
         self.max_seq_length = max_seq_length
         self.long_text = long_text
         self.chunk_overlap = chunk_overlap
@@ -337,7 +339,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.n_features_in_ = 1
         # A bad template fails here, at fit, like every other invalid parameter.
         self.instruction_ = self._resolve_instruction()
-        self.device_ = resolve_device(self.device)
+        self.device_ = resolve_device(self.device, self.backend)
         encoder = self._encoder()
         if load:
             # A max_seq_length the encoder cannot take, or an instruction that leaves it no

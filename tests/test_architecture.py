@@ -47,7 +47,14 @@ MODULE_LAYERS = [
     # The package itself is the public facade over the estimators.
     ("sk_instructor", "estimators"),
 ]
-ENGINE_ONLY = ("torch", "transformers", "safetensors", "tokenizers", "sentence_transformers")
+ENGINE_ONLY = (
+    "torch",
+    "transformers",
+    "safetensors",
+    "tokenizers",
+    "sentence_transformers",
+    "openvino",
+)
 
 
 def _module_name(path: Path) -> str:

@@ -186,12 +186,14 @@ def test_minilm_bfloat16_keeps_its_stated_cosine_to_float32(minilm_path, minilm_
 
 
 @pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")  # the tiny T5 reads 64 tokens
-@pytest.mark.parametrize("implementation", ["transformers", "fast"])
+@pytest.mark.parametrize("implementation", ["transformers", "fast", "auto"])
 def test_t5_bfloat16_keeps_its_stated_cosine_to_float32(tiny_t5_path, implementation):
-    # The float32 reference runs transformers' module, whatever the bfloat16 side runs.
+    # The float32 reference runs transformers' module, whatever the bfloat16 side runs; "auto"
+    # is what a user's dtype="bfloat16" gets on a CPU: the fast forward.
     expected = _fresh_float32(tiny_t5_path, implementation="transformers")
     model = get_model(tiny_t5_path, device="cpu", dtype="bfloat16", implementation=implementation)
-    assert model.implementation == implementation and model.dtype == torch.bfloat16
+    runs = "fast" if implementation == "auto" else implementation
+    assert model.implementation == runs and model.dtype == torch.bfloat16
     texts = _real_texts()
     reduced = model.encode([REVIEW_INSTRUCTION] * len(texts), texts, cache=None)
     cosine = _min_cosine(reduced, expected)

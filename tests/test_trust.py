@@ -348,6 +348,38 @@ def test_a_worker_forked_after_embedding_does_not_hang(tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+_FORK_WITHOUT_AND_WITH_A_MODEL = """
+import multiprocessing, sys
+from sk_instructor._engine.registry import get_model
+
+get_model(sys.argv[1], device="cpu")
+fork = multiprocessing.get_context("fork")
+for target, kwargs in ((print, {}), (get_model, {"device": "cpu"})):
+    child = fork.Process(target=target, args=(sys.argv[1],), kwargs=kwargs)
+    child.start()
+    child.join(300)
+    print("-- next child --", file=sys.stderr, flush=True)
+"""
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs os.fork")
+def test_only_a_forked_child_that_asks_for_a_model_is_told_it_runs_on_one_thread(tmp_path):
+    # Libraries fork helpers of their own (OpenVINO's telemetry does at import): a child that
+    # never embeds has nothing to be warned about.
+    folder = _model(tmp_path, d_model=128, d_ff=512)
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_WITHOUT_AND_WITH_A_MODEL, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
+    assert done.returncode == 0, done.stderr
+    without_model, with_model, _ = done.stderr.split("-- next child --")
+    assert "forked from one that had loaded a model" not in without_model
+    assert with_model.count("forked from one that had loaded a model") == 1
+
+
 # -- 15. a security refusal gives no advice to lower security ---------------------------------
 class _Payload:
     def __reduce__(self):

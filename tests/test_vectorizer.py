@@ -199,6 +199,7 @@ def test_engine_parameters_reach_the_registry_and_the_encoder(tiny_t5_path, monk
         "dtype": "float32",
         "local_files_only": True,
         "compile": True,
+        "backend": "torch",
     }
     assert encode_calls[-1]["batch_size"] == 2
     assert encode_calls[-1]["max_seq_length"] == 64
@@ -213,6 +214,7 @@ def test_engine_parameters_reach_the_registry_and_the_encoder(tiny_t5_path, monk
         ("batch_size", 2.5),
         ("dtype", "float8"),
         ("compile", "yes"),
+        ("backend", "onnx"),
         ("max_seq_length", 1),
         ("normalize", "yes"),
         ("missing", "drop"),

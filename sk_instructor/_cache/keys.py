@@ -26,6 +26,8 @@ __all__ = [
 # Part of every key: bump it whenever the meaning of a stored vector changes (pooling code,
 # precision, layout) so that old entries simply stop matching instead of being served.
 CACHE_FORMAT_VERSION = 1
+# The backend whose keys carry no backend field (the only one before backends existed).
+DEFAULT_BACKEND = "torch"
 _KEY_DOMAIN = b"sk_instructor/embedding-key\x00"
 
 
@@ -56,19 +58,26 @@ def _key_prefix(
     dtype: str,
     normalize: bool,
     pooling: str,
+    backend: str,
 ) -> Any:
     # The engine keys thousands of texts under the same settings; hashing the shared prefix
     # once and copying the hash state makes a key cost one short update per text.
     prefix = hashlib.sha256(_KEY_DOMAIN)
     prefix.update(struct.pack("<I", CACHE_FORMAT_VERSION))
-    for value in (
+    fields = [
         model_fingerprint,
         instruction,
         str(max_seq_length),
         dtype,
         "1" if normalize else "0",
         pooling,
-    ):
+    ]
+    if backend != DEFAULT_BACKEND:
+        # Only another backend adds a field: the keys of torch's vectors stay those of earlier
+        # versions (caches written by them keep answering), and as every field is
+        # length-prefixed, a key with one more field before the text never equals one without.
+        fields.append(f"backend={backend}")
+    for value in fields:
         prefix.update(_text_field(value))
     return prefix
 
@@ -82,6 +91,7 @@ def make_key(
     normalize: bool,
     pooling: str,
     text: str,
+    backend: str = DEFAULT_BACKEND,
 ) -> str:
     """Return the cache key of one text encoded under the given settings.
 
@@ -106,6 +116,10 @@ def make_key(
         Pooling mode, e.g. ``"mean"``.
     text : str
         The text itself.
+    backend : str, default="torch"
+        What ran the encoder (``"torch"``, ``"openvino"``): vectors of one backend are never
+        served for another. The default adds nothing to the key, which stays that of versions
+        without backends.
 
     Returns
     -------
@@ -126,6 +140,7 @@ def make_key(
     dtype = _check_text_field("dtype", dtype, allow_empty=False)
     pooling = _check_text_field("pooling", pooling, allow_empty=False)
     text = _check_text_field("text", text, allow_empty=True)
+    backend = _check_text_field("backend", backend, allow_empty=False)
     if (
         isinstance(max_seq_length, (bool, np.bool_))
         or not isinstance(max_seq_length, numbers.Integral)
@@ -135,7 +150,13 @@ def make_key(
     if not isinstance(normalize, (bool, np.bool_)):
         raise TypeError(f"make_key: normalize must be a bool, got {normalize!r}")
     digest = _key_prefix(
-        model_fingerprint, instruction, int(max_seq_length), dtype, bool(normalize), pooling
+        model_fingerprint,
+        instruction,
+        int(max_seq_length),
+        dtype,
+        bool(normalize),
+        pooling,
+        backend,
     ).copy()
     digest.update(_text_field(text))
     return digest.hexdigest()
@@ -154,6 +175,7 @@ class KeySettings:
     dtype: str
     normalize: bool
     pooling: str
+    backend: str = DEFAULT_BACKEND
 
     def keys(self, pairs: Iterable[tuple[str, str]]) -> list[str]:
         """The key of each (instruction, text) pair."""
@@ -163,5 +185,6 @@ class KeySettings:
             "dtype": self.dtype,
             "normalize": bool(self.normalize),
             "pooling": self.pooling,
+            "backend": self.backend,
         }
         return [make_key(instruction=i, text=t, **settings) for i, t in pairs]

@@ -215,6 +215,9 @@ def _manifest(args: argparse.Namespace, input_path: Path, run: _Run) -> dict[str
             "embedding_dim": encoder.embedding_dim,
         },
     }
+    if getattr(args, "backend", "torch") != "torch":
+        # Only with another backend, for the same reason: a torch run's manifest is unchanged.
+        manifest["settings"]["backend"] = args.backend
     if args.long_text != "truncate":
         # Only when splitting long texts: manifests of truncating runs stay those of earlier
         # versions, so that their unfinished runs still resume.

@@ -24,10 +24,13 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "BACKENDS",
     "DTYPE_NAMES",
     "IMPLEMENTATIONS",
     "NUM_THREADS_ENV",
+    "OPENVINO_INSTALL_HINT",
     "apply_num_threads",
+    "check_backend",
     "dtype_name",
     "num_threads_from_env",
     "resolve_device",
@@ -46,14 +49,67 @@ NUM_THREADS_ENV = "SK_INSTRUCTOR_NUM_THREADS"
 _FP16_UNSAFE_MODEL_TYPES = frozenset({"t5", "mt5", "umt5", "longt5"})
 
 
-def resolve_device(device: str) -> str:
+BACKENDS = ("torch", "openvino")
+OPENVINO_INSTALL_HINT = 'pip install "sk-instructor[openvino]"'
+# The dtypes the OpenVINO backend computes in (its CPU precision hints f32 and bf16).
+_OPENVINO_DTYPES = ("float32", "bfloat16")
+
+
+def check_backend(backend: str, *, device: str, dtype: str, compile: bool) -> None:
+    """Refuse a backend, or a combination with it, that cannot run, naming the parameter.
+
+    Called before anything loads (and before the cache is asked), so that a request that
+    could never be computed fails at once rather than after a warm start served it.
+
+    Parameters
+    ----------
+    backend : str
+        ``"torch"`` or ``"openvino"``.
+    device : str
+        The resolved device (``"cpu"``, ``"cuda:0"``...).
+    dtype : str
+        The requested dtype name (``"auto"``, ``"float32"``...).
+    compile : bool
+        The ``compile`` parameter.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not supported; use one of {BACKENDS}.")
+    if backend == "torch":
+        return
+    if not device.startswith("cpu"):
+        raise _openvino_device_error(device)
+    if dtype not in ("auto", *_OPENVINO_DTYPES):
+        raise ValueError(
+            f"backend='openvino' runs in float32 or bfloat16; dtype={dtype!r} cannot be used "
+            f"with it (use dtype='auto', 'float32' or 'bfloat16')."
+        )
+    if compile:
+        raise ValueError(
+            "compile=True compiles torch's forward with torch.compile; with backend='openvino' "
+            "OpenVINO compiles the model itself. Set compile=False."
+        )
+    if importlib.util.find_spec("openvino") is None:
+        raise ImportError(f"backend='openvino' needs OpenVINO: {OPENVINO_INSTALL_HINT}")
+
+
+def _openvino_device_error(device: str) -> ValueError:
+    return ValueError(
+        f"backend='openvino' runs on the CPU; device={device!r} cannot be used with it. "
+        f"Set device='cpu' (or 'auto'), or backend='torch' for a GPU."
+    )
+
+
+def resolve_device(device: str, backend: str = "torch") -> str:
     """Turn the user's ``device`` parameter into a concrete torch device string.
 
-    ``"auto"`` prefers CUDA, then Apple's MPS, then the CPU. Explicit names (``"cpu"``,
-    ``"cuda"``, ``"cuda:1"``, ``"mps"``) are checked against what this machine has, so that a
-    request for a missing GPU fails here with a readable message instead of deep inside torch.
+    ``"auto"`` prefers CUDA, then Apple's MPS, then the CPU; with ``backend="openvino"``, which
+    runs on the CPU only, it is the CPU. Explicit names (``"cpu"``, ``"cuda"``, ``"cuda:1"``,
+    ``"mps"``) are checked against what this machine has, so that a request for a missing GPU
+    fails here with a readable message instead of deep inside torch.
     """
-    if device == "cpu" or (device == "auto" and _torch_is_cpu_only()):
+    if backend == "openvino" and device != "auto" and not device.startswith("cpu"):
+        raise _openvino_device_error(device)
+    if device == "cpu" or (device == "auto" and (backend != "torch" or _torch_is_cpu_only())):
         return "cpu"
     import torch
 
@@ -131,15 +187,23 @@ def _torch_is_cpu_only() -> bool:
 
 
 def resolve_implementation(
-    requested: str, *, device: str, unsupported: str | None, compile: bool
+    requested: str,
+    *,
+    device: str,
+    unsupported: str | None,
+    compile: bool,
+    dtype: torch.dtype | str | None = None,
 ) -> str:
     """Which encoder forward runs: ``"fast"`` (ours, ``t5_encoder.py``) or ``"transformers"``.
 
     ``"auto"`` takes the fast forward where it covers the checkpoint (``unsupported`` is
     ``None``) and either the device is a CUDA GPU, which it is built for (its speed there is
     measured by ``benchmarks/gpu_check.sh``), or ``compile`` was asked for (what is compiled is
-    the fast forward). On the CPU, transformers' module stays the default the CPU benchmarks
-    measured. ``"fast"`` forces it (tests, benchmarks) and fails where it does not
+    the fast forward), or the compute dtype is bfloat16 on the CPU: there it was measured
+    faster than transformers' module in bfloat16 on a T5-base-shaped checkpoint
+    (``benchmarks/cpu_runtimes.py``, README "Speed on a CPU"), at the same cosine to float32.
+    In float32 on the CPU, transformers' module stays the default the CPU benchmarks measured.
+    ``"fast"`` forces it (tests, benchmarks) and fails where it does not
     apply; ``"transformers"`` forces transformers' module.
     """
     if requested not in IMPLEMENTATIONS:
@@ -151,6 +215,8 @@ def resolve_implementation(
             raise ValueError(f"the fast encoder does not cover this checkpoint: {unsupported}.")
         return "transformers"
     if requested == "fast" or compile or device.split(":")[0] == "cuda":
+        return "fast"
+    if device.startswith("cpu") and str(dtype).removeprefix("torch.") == "bfloat16":
         return "fast"
     return "transformers"
 

@@ -41,7 +41,7 @@ from .._exceptions import CheckpointError
 from .._warnings import warn
 from .checkpoint import CheckpointSummary, summarize_model
 from .chunking import DEFAULT_CHUNK_OVERLAP, ChunkedEmbeddings, RowProgress, plan_chunks
-from .device import dtype_name, resolve_device
+from .device import BACKENDS, check_backend, dtype_name, resolve_device
 from .fine_tuning import FineTuneResult, TrainingSettings, fine_tune
 from .lookup import CacheLookup
 
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .model import EmbeddingModel
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_CHUNK_OVERLAP",
     "ChunkedEmbeddings",
     "Encoder",
@@ -89,6 +90,7 @@ class EncodingSettings:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    backend: str = "torch"
     local_files_only: bool = False
     max_seq_length: int | None = None
     normalize: bool = True
@@ -131,7 +133,15 @@ class Encoder:
             )
         self.settings = settings
         self.cache = cache
-        self.device = resolve_device(settings.device)
+        self.device = resolve_device(settings.device, settings.backend)
+        # A backend that cannot run with these settings, or is not installed, is refused
+        # here, before the cache is asked: a warm start must not hide it until a cold one.
+        check_backend(
+            settings.backend,
+            device=self.device,
+            dtype=settings.dtype,
+            compile=bool(settings.compile),
+        )
         self._model: EmbeddingModel | None = None
         self._summary: CheckpointSummary | None = None
         # The fingerprint of the weights behind every vector returned so far (None: none yet).
@@ -186,6 +196,7 @@ class Encoder:
                 dtype=self.settings.dtype,
                 local_files_only=self.settings.local_files_only,
                 compile=self.settings.compile,
+                backend=self.settings.backend,
             )
             self._check_same_weights(model.fingerprint)
             self._model = model
@@ -388,6 +399,7 @@ class Encoder:
             dtype=dtype_name(self.settings.dtype, self.device, summary.model_type),
             normalize=bool(self.settings.normalize),
             pooling=summary.pooling,
+            backend=self.settings.backend,
         )
 
     def _look_up(self, instructions: list[str], texts: list[str], progress: Any) -> CacheLookup:

@@ -30,9 +30,10 @@ from .chunking import (
     RowProgress,
     plan_chunks,
 )
-from .device import dtype_name
+from .device import check_backend, dtype_name
 from .lookup import CacheLookup
-from .stages import STAGE_TYPES, Features, LoadSettings
+from .padded_batch import padded_batch
+from .stages import STAGE_TYPES, LoadSettings
 from .stages.normalize import Normalize
 from .stages.pooling import Pooling
 from .stages.transformer import Transformer
@@ -79,11 +80,20 @@ class EmbeddingModel:
         pipelined: bool | None = None,
         implementation: str = "auto",
         compile: bool = False,
+        backend: str = "torch",
     ) -> None:
         self.device = device
         self._resolved = resolved
+        # Refused before any file is read: a backend that cannot run here, or with these
+        # settings (see device.check_backend).
+        check_backend(backend, device=device, dtype=dtype, compile=compile)
+        self.backend = backend
         settings = LoadSettings(
-            device=device, dtype=dtype, implementation=implementation, compile=compile
+            device=device,
+            dtype=dtype,
+            implementation=implementation,
+            compile=compile,
+            backend=backend,
         )
         # The fingerprint names exactly the weights loaded: it is taken before and after
         # reading them, and a folder rewritten in between is read again.
@@ -367,6 +377,7 @@ class EmbeddingModel:
             keys.dtype,
             keys.normalize,
             keys.pooling,
+            keys.backend,
         )
         actual = (
             self.fingerprint,
@@ -374,6 +385,7 @@ class EmbeddingModel:
             self.dtype_name,
             bool(normalize),
             self.pooling_description,
+            self.backend,
         )
         if described != actual:
             raise ValueError(f"the cache keys describe {described}; this model encodes {actual}.")
@@ -453,28 +465,13 @@ class EmbeddingModel:
         self, input_ids: list[list[int]], instruction_lengths: np.ndarray, *, normalize: bool
     ) -> torch.Tensor:
         """Pad one batch and run it through every stage; float32 vectors on the device."""
-        lengths = np.fromiter((len(row_ids) for row_ids in input_ids), np.int64, len(input_ids))
-        width = int(lengths.max())
-        if self.transformer.pad_to is not None:
-            width = int(self.transformer.pad_to(np.array([width]))[0])
-        ids = np.full((len(input_ids), width), self._tokenizer.pad_token_id, dtype=np.int64)
-        for row, row_ids in enumerate(input_ids):
-            ids[row, : len(row_ids)] = row_ids
-        # Only the token ids and two numbers per row travel to the device; the masks are built
-        # there.
-        ids_t, lengths_t, skipped_t = (
-            self._to_device(torch.from_numpy(array))
-            for array in (ids, lengths, np.asarray(instruction_lengths, dtype=np.int64))
+        features = padded_batch(
+            input_ids,
+            instruction_lengths,
+            pad_token_id=self._tokenizer.pad_token_id,
+            to_device=self._to_device,
+            pad_to=self.transformer.pad_to,
         )
-        positions = torch.arange(width, device=ids_t.device)
-        attention = positions[None, :] < lengths_t[:, None]
-        features: Features = {
-            "input_ids": ids_t,
-            # A batch without padding (common: batches are length-sorted) needs no mask.
-            "attention_mask": attention if lengths.min() < width else None,
-            # The encoder sees the instruction; pooling does not (INSTRUCTOR's masking).
-            "pooling_mask": attention & (positions[None, :] >= skipped_t[:, None]),
-        }
         features = self.transformer(features)
         for stage in self._later_stages:
             features = stage(features)

@@ -1,4 +1,5 @@
-"""One loaded model per checkpoint, revision, device, dtype and encoder forward per process.
+"""One loaded model per checkpoint, revision, device, dtype, encoder forward and backend per
+process.
 
 Estimators never hold a model: each call asks here, through the engine's entry, by its
 parameters. Clones made by GridSearchCV, unpickled estimators and every other component share
@@ -59,23 +60,26 @@ def get_model(
     local_files_only: bool = False,
     compile: bool = False,
     implementation: str = "auto",
+    backend: str = "torch",
 ) -> EmbeddingModel:
     """Return the shared :class:`EmbeddingModel`, loading it on first use.
 
-    ``compile`` is the user's parameter (``_params.py``); ``implementation`` (``"auto"``,
+    ``compile`` and ``backend`` are the user's parameters (``_params.py``); ``implementation``
+    (``"auto"``,
     ``"fast"``, ``"transformers"``, see ``device.resolve_implementation``) is for tests and
     benchmarks that force one encoder forward.
 
     Applies ``$SK_INSTRUCTOR_NUM_THREADS`` when set (a ValueError naming it refuses a value that
     is not a positive integer, before anything loads).
     """
+    _warn_if_forked_after_loading()
     apply_num_threads(limit=1 if _FORKED_AFTER_LOADING else None)
-    resolved_device = resolve_device(device)
+    resolved_device = resolve_device(device, backend)
     name = os.fspath(model)
     local = Path(name).expanduser()
     if local.is_dir():
         name = str(local.resolve())
-    key = (name, revision, resolved_device, dtype, implementation, bool(compile))
+    key = (name, revision, resolved_device, dtype, implementation, bool(compile), backend)
     loaded = _MODELS.get(key)
     # A local folder saved over (a fine-tune written to the same place) is loaded again: a
     # model is served only while its files still hold the weights that were loaded.
@@ -98,6 +102,7 @@ def get_model(
                 dtype=dtype,
                 implementation=implementation,
                 compile=bool(compile),
+                backend=backend,
             )
             with _GUARD:
                 _MODELS[key] = loaded
@@ -136,10 +141,16 @@ def _after_fork_in_child() -> None:
     # torch's CPU thread pool does not survive fork: a child forked after the parent has run a
     # model would hang in its first parallel operation. One thread has no pool to hang on, so
     # the child embeds (more slowly) instead of hanging; spawn or forkserver workers are fast.
+    # The warning waits for the child's first get_model: libraries fork helpers that never embed
+    # (OpenVINO's telemetry does), and those have nothing to be told.
     global _FORKED_AFTER_LOADING
     if _MODELS:
         _FORKED_AFTER_LOADING = True
         torch.set_num_threads(1)
+
+
+def _warn_if_forked_after_loading() -> None:
+    if _FORKED_AFTER_LOADING:
         warn(
             "this process was forked from one that had loaded a model; torch's thread pool "
             "does not survive fork, so embedding runs on one thread here. Start workers with "

@@ -34,7 +34,8 @@ from torch.nn.utils import clip_grad_norm_
 from .._progress import in_notebook
 from .checkpoint import read_stages
 from .fine_tuning import TrainingSettings
-from .stages import Features, LoadSettings
+from .padded_batch import padded_batch
+from .stages import LoadSettings
 from .stages.dense import Dense
 from .stages.pooling import Pooling
 from .stages.transformer import Transformer
@@ -114,24 +115,12 @@ class TrainableModel:
         encoder seeing every token, the pooling mask leaving the first
         ``instruction_lengths[i]`` tokens of row ``i`` out.
         """
-        lengths = np.fromiter((len(row) for row in input_ids), np.int64, len(input_ids))
-        width = int(lengths.max())
-        ids = np.full((len(input_ids), width), self.tokenizer.pad_token_id, dtype=np.int64)
-        for row, row_ids in enumerate(input_ids):
-            ids[row, : len(row_ids)] = row_ids
-        ids_t = torch.from_numpy(ids).to(self.device)
-        lengths_t = torch.from_numpy(lengths).to(self.device)
-        skipped_t = torch.as_tensor(
-            np.asarray(instruction_lengths, dtype=np.int64), device=self.device
+        features = padded_batch(
+            input_ids,
+            instruction_lengths,
+            pad_token_id=self.tokenizer.pad_token_id,
+            to_device=lambda tensor: tensor.to(self.device),
         )
-        positions = torch.arange(width, device=self.device)
-        attention = positions[None, :] < lengths_t[:, None]
-        features: Features = {
-            "input_ids": ids_t,
-            "attention_mask": attention if lengths.min() < width else None,
-            # The encoder sees the instruction; pooling does not (INSTRUCTOR's masking).
-            "pooling_mask": attention & (positions[None, :] >= skipped_t[:, None]),
-        }
         features = self.transformer(features)
         for stage in self.later:
             features = stage(features)

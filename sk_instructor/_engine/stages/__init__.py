@@ -41,13 +41,15 @@ Features = dict[str, torch.Tensor | None]
 @dataclass(frozen=True)
 class LoadSettings:
     """What every stage may need to know to load: where it runs, the requested dtype, and for
-    the encoder which implementation runs it (see ``device.resolve_implementation``) and
-    whether it is compiled."""
+    the encoder which implementation runs it (see ``device.resolve_implementation``), whether it
+    is compiled, and which backend runs its body (``"torch"``, or ``"openvino"``: see
+    ``openvino_backend.py``)."""
 
     device: str
     dtype: str = "auto"
     implementation: str = "auto"
     compile: bool = False
+    backend: str = "torch"
 
 
 class Stage(Protocol):

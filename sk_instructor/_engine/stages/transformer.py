@@ -24,7 +24,7 @@ from ..._exceptions import CheckpointError
 from ..._warnings import warn
 from ..batching import align_lengths, bucket_lengths
 from ..checkpoint import checkpoint_max_seq_length, transformer_configs
-from ..device import resolve_dtype, resolve_implementation
+from ..device import dtype_name, resolve_dtype, resolve_implementation
 from ..t5_encoder import FastT5Encoder, unsupported_reason
 from ..tokenization import Tokenizer
 from ..weights import load_state_dict
@@ -106,7 +106,15 @@ class Transformer:
         """
         config_dict, sbert = transformer_configs(folder)
         model_type = config_dict["model_type"]
-        dtype = resolve_dtype(settings.dtype, settings.device, model_type)
+        # The backend was checked (device, dtype, compile, installed) before anything loaded.
+        openvino = settings.backend == "openvino"
+        # With OpenVINO the torch module is only the source of the conversion, in float32;
+        # OpenVINO computes in the precision asked for, and returns float32 hidden states.
+        dtype = (
+            torch.float32
+            if openvino
+            else resolve_dtype(settings.dtype, settings.device, model_type)
+        )
         state_dict = load_state_dict(folder)
         # Checked before transformers builds anything: a config that asks for a million layers
         # would take minutes to build, and one with a billion-word vocabulary all the memory.
@@ -134,11 +142,16 @@ class Transformer:
             )
         encoder.to(device=settings.device, dtype=dtype).eval()
         unsupported = unsupported_reason(config, dtype)
+        if openvino:
+            # What is converted is transformers' module: it goes through OpenVINO's converter
+            # with dynamic shapes (our fast T5 forward caches its position bias per width).
+            unsupported = "the openvino backend converts transformers' module"
         implementation = resolve_implementation(
             settings.implementation,
             device=settings.device,
             unsupported=unsupported,
             compile=settings.compile,
+            dtype=dtype,
         )
         if settings.compile and implementation != "fast":
             warn(
@@ -151,6 +164,13 @@ class Transformer:
         if implementation == "fast":
             # The fast forward takes over the weights; transformers' module is let go.
             encoder = FastT5Encoder.from_transformers(encoder, compile=settings.compile)
+        elif openvino:
+            from ..openvino_backend import OpenVINOEncoder
+
+            with _quiet_transformers():
+                encoder = OpenVINOEncoder(
+                    encoder, dtype=dtype_name(settings.dtype, settings.device, model_type)
+                )
         tokenizer = _load_tokenizer(folder)
         max_seq_length = checkpoint_max_seq_length(folder)
         stage = cls(
