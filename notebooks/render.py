@@ -1,7 +1,7 @@
 """Run every notebook here top to bottom and save it with its outputs, so that its figures
 show wherever it is browsed (GitHub, nbviewer) without running it.
 
-    python notebooks/render.py          # all four, a few minutes on two cores
+    python notebooks/render.py          # all five, a few minutes on two cores
 
 Each runs in a fresh kernel of this interpreter, offline, in a scratch working directory, as
 tests/test_notebooks.py runs them, but on all of its data (the test runs them on a fifth).
