@@ -147,3 +147,32 @@ def test_batches_reach_the_gpu_through_pinned_memory(tiny_t5_path, monkeypatch):
         instructions, TEXTS
     )
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_fine_tuning_on_cuda_trains_under_bfloat16_autocast_and_keeps_float32_fidelity(
+    tiny_t5_path, tmp_path
+):
+    from sk_instructor import InstructorFineTuner
+
+    texts = [
+        "Parton energy loss in QCD matter",
+        "Dark matter halos and galaxies",
+        "The stock market fell after the tariffs",
+        "Bonds rallied as rates dropped",
+    ]
+    tuner = InstructorFineTuner(
+        tiny_t5_path,
+        instruction=INSTRUCTION,
+        device="cuda",
+        random_state=0,
+        pairs_per_text=4,
+        output_dir=tmp_path / "tuned",
+        cache=None,
+    ).fit(texts, [0, 0, 1, 1])
+    assert tuner.device_.startswith("cuda")
+    # The saved checkpoint is float32 and obeys the published rules like any other.
+    reference = ReferenceInstructor(tuner.model_path_)  # on the CPU, in float32
+    expected = np.stack([reference.embed(INSTRUCTION, text) for text in texts])
+    model = get_model(tuner.model_path_, device="cuda", dtype="float32")
+    got = _encode_quietly(model, [INSTRUCTION] * len(texts), texts)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
