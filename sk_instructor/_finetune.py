@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.base import (
     BaseEstimator,
-    ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
     _fit_context,
 )
@@ -40,7 +39,11 @@ from ._input import TextColumn, describe_rows, read_text_column
 from ._instruction import resolve_instruction
 from ._params import DEFAULTS
 from ._progress import text_progress
-from ._warnings import warn
+from ._text_estimator import (
+    EmbeddingOutputMixin,
+    fall_back_from_a_missing_device,
+    text_input_tags,
+)
 
 __all__ = ["InstructorFineTuner"]
 
@@ -48,7 +51,7 @@ LOSSES = ("cosine", "contrastive")
 
 
 @params.fill_parameter_docs
-class InstructorFineTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class InstructorFineTuner(EmbeddingOutputMixin, TransformerMixin, BaseEstimator):
     """Fine-tune an INSTRUCTOR encoder on labelled texts, then embed with it.
 
     ``fit(X, y)`` fine-tunes a copy of the encoder and its Dense stage under the instruction,
@@ -324,54 +327,16 @@ class InstructorFineTuner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         ) as advance:
             return self._encoder().encode(instructions, column.texts, progress=advance)
 
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        """Output names ``instructorfinetuner0`` ... one per embedding dimension.
-
-        Parameters
-        ----------
-        input_features : array-like of str or None, default=None
-            Only checked against the column name seen in ``fit``.
-
-        Returns
-        -------
-        feature_names_out : ndarray of str objects
-            ``embedding_dim_`` names.
-        """
-        check_is_fitted(self, "embedding_dim_")
-        return super().get_feature_names_out(input_features)
-
-    @property
-    def _n_features_out(self) -> int:
-        return self.embedding_dim_
-
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.string = True
-        tags.input_tags.one_d_array = True
-        tags.input_tags.two_d_array = True
-        tags.input_tags.allow_nan = self.missing in ("empty", "zero")
+        tags = text_input_tags(super().__sklearn_tags__(), missing=self.missing)
         tags.target_tags.required = True
         tags.transformer_tags.preserves_dtype = ["float32"]
-        tags.requires_fit = True
         tags.non_deterministic = self.random_state is None
         return tags
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(params.restore_defaults(self, state))
-        # Fitted on a GPU machine, it still embeds where there is none (as the vectorizer).
-        recorded = state.get("device_")
-        if recorded is not None and not recorded.startswith("cpu"):
-            try:
-                resolve_device(recorded)
-            except ValueError:
-                fallback = resolve_device("auto")
-                warn(
-                    f"this fine-tuner ran on {recorded!r}, which this machine lacks; using "
-                    f"{fallback!r} instead.",
-                    RuntimeWarning,
-                    cause=("recorded device missing", recorded, fallback),
-                )
-                self.device_ = fallback
+        fall_back_from_a_missing_device(self, "fine-tuner")
 
     # -- internals -----------------------------------------------------------------------------
     def _encoder(self) -> Encoder:

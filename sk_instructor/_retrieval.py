@@ -28,6 +28,7 @@ from ._instruction import InstructionPair, InstructionTemplate
 from ._params import DEFAULTS
 from ._progress import text_progress
 from ._search import cosine_kneighbors, grouped_cosine_kneighbors
+from ._text_estimator import text_input_tags
 from ._vectorizer import InstructorVectorizer
 from .metrics import mrr_at_k
 
@@ -374,15 +375,9 @@ default="Represent the Wikipedia question for retrieving supporting documents: "
         return mrr_at_k(y, self.kneighbors(X, n_neighbors=k, return_distance=False), k=k)
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # What fit and kneighbors accept, as the vectorizer's: texts, in a 1-D container or a
-        # single column (n, 1) (a one-column DataFrame included).
-        tags.input_tags.string = True
-        tags.input_tags.one_d_array = True
-        tags.input_tags.two_d_array = True
-        tags.input_tags.allow_nan = self.missing in ("empty", "zero")
+        # What fit and kneighbors accept, as the vectorizer's.
+        tags = text_input_tags(super().__sklearn_tags__(), missing=self.missing)
         tags.target_tags.required = False
-        tags.requires_fit = True
         tags.non_deterministic = False
         return tags
 

@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.base import (
     BaseEstimator,
-    ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
     _fit_context,
 )
@@ -26,7 +25,11 @@ from ._input import TextColumn, describe_rows, read_text_column
 from ._instruction import resolve_instruction
 from ._params import DEFAULTS
 from ._progress import text_progress
-from ._warnings import warn
+from ._text_estimator import (
+    EmbeddingOutputMixin,
+    fall_back_from_a_missing_device,
+    text_input_tags,
+)
 
 __all__ = ["InstructorVectorizer"]
 
@@ -42,7 +45,7 @@ def _uses_the_default_memory_cache(cache: object) -> bool:
 
 
 @params.fill_parameter_docs
-class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class InstructorVectorizer(EmbeddingOutputMixin, TransformerMixin, BaseEstimator):
     """Embed texts with an INSTRUCTOR model under a task instruction.
 
     Each text is encoded as ``instruction + text`` by an instruction-following embedding model
@@ -257,39 +260,10 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         validate_data(self, X, reset=False, skip_check_array=True, ensure_2d=False)
         return self._embed(column, self._encoder())
 
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        """Output names ``instructorvectorizer0`` ... one per embedding dimension.
-
-        Parameters
-        ----------
-        input_features : array-like of str or None, default=None
-            Only checked against the column name seen in ``fit``.
-
-        Returns
-        -------
-        feature_names_out : ndarray of str objects
-            ``embedding_dim_`` names.
-        """
-        check_is_fitted(self, "embedding_dim_")
-        return super().get_feature_names_out(input_features)
-
-    @property
-    def _n_features_out(self) -> int:
-        return self.embedding_dim_
-
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # The honest input description: texts, as a 1-D container or a single column (n, 1).
-        # sklearn's estimator checks run only when two_d_array is True (and they feed random
-        # numbers whatever `string` says); see tests/test_estimator_checks.py for what that
-        # means for a text vectorizer.
-        tags.input_tags.string = True
-        tags.input_tags.one_d_array = True
-        tags.input_tags.two_d_array = True
-        tags.input_tags.allow_nan = self.missing in ("empty", "zero")
+        tags = text_input_tags(super().__sklearn_tags__(), missing=self.missing)
         # Text in, float32 out: float32 is the type of every output.
         tags.transformer_tags.preserves_dtype = ["float32"]
-        tags.requires_fit = True
         tags.non_deterministic = False
         return tags
 
@@ -306,21 +280,7 @@ class InstructorVectorizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             state = dict(state)
             join_parent(state.pop(_WORKERS_FOLDER))
         super().__setstate__(params.restore_defaults(self, state))
-        # A vectorizer fitted on a GPU machine keeps working where there is none: the device is
-        # resolved again when the recorded one is missing here.
-        recorded = state.get("device_")
-        if recorded is not None and not recorded.startswith("cpu"):
-            try:
-                resolve_device(recorded)
-            except ValueError:
-                fallback = resolve_device("auto")
-                warn(
-                    f"this vectorizer ran on {recorded!r}, which this machine lacks; using "
-                    f"{fallback!r} instead.",
-                    RuntimeWarning,
-                    cause=("recorded device missing", recorded, fallback),
-                )
-                self.device_ = fallback
+        fall_back_from_a_missing_device(self, "vectorizer")
 
     # -- internals -----------------------------------------------------------------------------
     def _fit(self, X: Any, *, load: bool = True) -> tuple[TextColumn, Encoder]:

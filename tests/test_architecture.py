@@ -36,6 +36,7 @@ MODULE_LAYERS = [
     ("sk_instructor._retrieval", "estimators"),
     ("sk_instructor._similarity", "estimators"),
     ("sk_instructor._finetune", "estimators"),
+    ("sk_instructor._text_estimator", "estimators"),
     ("sk_instructor._exceptions", "foundation"),
     ("sk_instructor._warnings", "foundation"),
     ("sk_instructor._progress", "foundation"),

@@ -326,3 +326,19 @@ def test_the_shared_parameters_have_the_vectorizers_defaults_docs_and_constraint
         assert PARAMETERS[name].numpydoc() in InstructorFineTuner.__doc__, name
         assert InstructorFineTuner._parameter_constraints[name] is PARAMETERS[name].constraints
     assert ".. shared parameters::" not in InstructorFineTuner.__doc__
+
+
+def test_a_tuner_fitted_on_a_gpu_loads_on_a_cpu_only_machine(tiny_t5_path, monkeypatch):
+    import torch
+
+    tuner = _tuner(tiny_t5_path).fit(TEXTS, LABELS)
+    expected = tuner.transform(TEXTS)
+    tuner.device_ = "cuda"  # as recorded by a fit on a GPU machine
+    payload = pickle.dumps(tuner)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.warns(RuntimeWarning, match="fine-tuner ran on 'cuda'.*using 'cpu'"):
+        loaded = pickle.loads(payload)
+    assert loaded.device_ == "cpu"
+    np.testing.assert_allclose(loaded.transform(TEXTS), expected, atol=1e-6)
