@@ -33,7 +33,7 @@ from .chunking import (
 from .device import check_backend, dtype_name
 from .lookup import CacheLookup
 from .padded_batch import padded_batch
-from .stages import STAGE_TYPES, LoadSettings
+from .stages import LoadSettings, load_stages
 from .stages.normalize import Normalize
 from .stages.pooling import Pooling
 from .stages.transformer import Transformer
@@ -490,13 +490,7 @@ class EmbeddingModel:
 
 def _load_stages(folder, settings: LoadSettings) -> tuple[list, int]:
     """Load every stage of ``modules.json`` in order; returns them and the output width."""
-    stages = []
-    width = None
-    for spec in read_stages(folder):
-        stage = STAGE_TYPES[spec.kind].load(spec.folder, input_dim=width, settings=settings)
-        width = stage.output_dim or width
-        stages.append(stage)
-    return stages, width
+    return load_stages(read_stages(folder), settings)
 
 
 def _split_blocks(todo: np.ndarray, *, pipelined: bool) -> list[np.ndarray]:

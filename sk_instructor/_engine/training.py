@@ -35,8 +35,9 @@ from .._progress import in_notebook
 from .checkpoint import read_stages
 from .fine_tuning import TrainingSettings
 from .padded_batch import padded_batch
-from .stages import LoadSettings
+from .stages import LoadSettings, load_stages
 from .stages.dense import Dense
+from .stages.normalize import Normalize
 from .stages.pooling import Pooling
 from .stages.transformer import Transformer
 from .tokenization import TokenizedTexts, Tokenizer
@@ -74,25 +75,19 @@ class TrainableModel:
 
     def __init__(self, folder: Path, device: str) -> None:
         settings = LoadSettings(device=device, dtype="float32", implementation="transformers")
-        stages = read_stages(folder)
         self.folder = folder
         self.device = device
-        self.specs = stages
-        self.transformer: Transformer = Transformer.load(
-            stages[0].folder, input_dim=None, settings=settings
-        )
-        width = self.transformer.output_dim
-        self.later: list[Pooling | Dense] = []
-        for spec in stages[1:]:
-            if spec.kind == "pooling":
-                stage = Pooling.load(spec.folder, input_dim=width, settings=settings)
-            elif spec.kind == "dense":
-                stage = Dense.load(spec.folder, input_dim=width, settings=settings)
-            else:
-                continue
-            width = stage.output_dim or width
-            self.later.append(stage)
-        self.dense_folders = [spec.folder for spec in stages[1:] if spec.kind == "dense"]
+        self.specs = read_stages(folder)
+        stages, _ = load_stages(self.specs, settings)
+        self.transformer: Transformer = stages[0]
+        # Normalize is left out (see above).
+        trained = [
+            (spec, stage)
+            for spec, stage in zip(self.specs[1:], stages[1:], strict=True)
+            if not isinstance(stage, Normalize)
+        ]
+        self.later: list[Pooling | Dense] = [stage for _, stage in trained]
+        self.dense_folders = [spec.folder for spec, stage in trained if isinstance(stage, Dense)]
         self.encoder: torch.nn.Module = self.transformer.encoder
         self.dense: list[Dense] = [stage for stage in self.later if isinstance(stage, Dense)]
 

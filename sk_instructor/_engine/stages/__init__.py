@@ -22,18 +22,20 @@ and ``attention_mask`` and adds ``token_embeddings``; Pooling reads those and th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
+from ..checkpoint import StageSpec
 from .dense import Dense
 from .normalize import Normalize
 from .pooling import Pooling
 from .transformer import Transformer
 
-__all__ = ["STAGE_TYPES", "Features", "LoadSettings", "Stage"]
+__all__ = ["STAGE_TYPES", "Features", "LoadSettings", "Stage", "load_stages"]
 
 Features = dict[str, torch.Tensor | None]
 
@@ -74,3 +76,15 @@ STAGE_TYPES: dict[str, type[Stage]] = {
     "dense": Dense,
     "normalize": Normalize,
 }
+
+
+def load_stages(specs: Sequence[StageSpec], settings: LoadSettings) -> tuple[list[Stage], int]:
+    """Load the stages ``specs`` describe (``checkpoint.read_stages``), in order, each fed the
+    width of the one before; returns them and the output width of the last."""
+    stages: list[Stage] = []
+    width = None
+    for spec in specs:
+        stage = STAGE_TYPES[spec.kind].load(spec.folder, input_dim=width, settings=settings)
+        width = stage.output_dim or width
+        stages.append(stage)
+    return stages, width
