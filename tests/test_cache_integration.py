@@ -27,11 +27,11 @@ INSTRUCTIONS = [
 ]
 
 
-def test_grid_search_encodes_each_distinct_instruction_text_pair_once(tiny_t5_path):
-    cache = MemoryCache()
+def grid_search(model, cache, n_jobs: int = 1) -> GridSearchCV:
+    """The search of these tests (3 instructions x 2 C x 3 folds + refit), fitted."""
     pipeline = Pipeline(
         [
-            ("vectorizer", InstructorVectorizer(tiny_t5_path, device="cpu", cache=cache)),
+            ("vectorizer", InstructorVectorizer(model, device="cpu", cache=cache)),
             ("classifier", LogisticRegression()),
         ]
     )
@@ -39,9 +39,15 @@ def test_grid_search_encodes_each_distinct_instruction_text_pair_once(tiny_t5_pa
         pipeline,
         {"vectorizer__instruction": INSTRUCTIONS, "classifier__C": [0.1, 10.0]},
         cv=KFold(3, shuffle=True, random_state=0),
+        n_jobs=n_jobs,
         error_score="raise",
     )
-    search.fit(TEXTS, LABELS)
+    return search.fit(TEXTS, LABELS)
+
+
+def test_grid_search_encodes_each_distinct_instruction_text_pair_once(tiny_t5_path):
+    cache = MemoryCache()
+    grid_search(tiny_t5_path, cache)
     # 3 instructions x 30 texts, whatever the folds, grid points and the final refit do.
     assert cache.stats().encoded == len(INSTRUCTIONS) * len(TEXTS)
     assert cache.stats().hits > 0

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, KFold
-from sklearn.pipeline import Pipeline
+from sklearn.model_selection import GridSearchCV
+from test_cache_integration import INSTRUCTIONS, TEXTS, grid_search
 
 from sk_instructor import InstructorVectorizer
 from sk_instructor._cache import DiskCache, MemoryCache
@@ -306,33 +305,7 @@ def test_a_store_of_this_version_without_a_claims_table_gets_one(tmp_path):
 
 
 # -- GridSearchCV with workers ----------------------------------------------------------------
-
-TEXTS = [
-    f"{topic} sentence number {k} about {topic}" for topic in ("cats", "stocks") for k in range(15)
-]
-LABELS = [0] * 15 + [1] * 15
-INSTRUCTIONS = [
-    "Represent the sentence for classification: ",
-    "Represent the Science sentence: ",
-    "Represent the Financial statement for classification: ",
-]
-
-
-def grid_search(model, cache, n_jobs: int) -> GridSearchCV:
-    pipeline = Pipeline(
-        [
-            ("vectorizer", InstructorVectorizer(model, device="cpu", cache=cache)),
-            ("classifier", LogisticRegression()),
-        ]
-    )
-    search = GridSearchCV(
-        pipeline,
-        {"vectorizer__instruction": INSTRUCTIONS, "classifier__C": [0.1, 10.0]},
-        cv=KFold(3, shuffle=True, random_state=0),
-        n_jobs=n_jobs,
-        error_score="raise",
-    )
-    return search.fit(TEXTS, LABELS)
+# The search and its data are those of test_cache_integration (one process, one cache).
 
 
 def scores(search: GridSearchCV) -> dict:
