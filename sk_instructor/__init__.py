@@ -4,6 +4,8 @@ Public API
 ----------
 InstructorVectorizer
     Texts to embeddings under a task instruction; a scikit-learn transformer.
+InstructorFineTuner
+    The vectorizer, its encoder first fine-tuned on the labels of ``fit`` (SetFit-style).
 InstructorRetriever
     Asymmetric retrieval: documents and queries embedded under their own instructions.
 pair_similarity
