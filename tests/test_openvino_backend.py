@@ -24,6 +24,7 @@ from sk_instructor import InstructorRetriever, InstructorVectorizer, MemoryCache
 from sk_instructor._cache.keys import KeySettings, make_key
 from sk_instructor._cli.main import build_parser
 from sk_instructor._engine.checkpoint import resolve_model
+from sk_instructor._engine.cpu_streams import STREAMS_ENV, StreamLayout
 from sk_instructor._engine.device import NUM_THREADS_ENV
 from sk_instructor._engine.model import EmbeddingModel
 from sk_instructor._engine.registry import get_model
@@ -133,10 +134,36 @@ def test_threads_follow_torch_and_the_environment_variable(tiny_t5_path, monkeyp
         model = get_model(tiny_t5_path, device="cpu", backend="openvino")
         model.encode([REVIEW_INSTRUCTION], [TEXTS[0]], cache=None)
         compiled = model.transformer.encoder._compiled
-        assert set(compiled) == {1}
-        assert compiled[1].get_property("INFERENCE_NUM_THREADS") == 1
+        assert set(compiled) == {StreamLayout(streams=1, threads=1)}
+        assert compiled[StreamLayout(1, 1)].get_property("INFERENCE_NUM_THREADS") == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_engine_streams_share_one_compiled_model_with_an_openvino_stream_each(
+    tiny_t5_path, monkeypatch
+):
+    # On the CPU the engine runs batches side by side (cpu_streams); OpenVINO must run their
+    # requests at once too, on weights compiled once, with the vectors of one stream.
+    monkeypatch.delenv(NUM_THREADS_ENV, raising=False)
+    monkeypatch.delenv(STREAMS_ENV, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    texts = list(dict.fromkeys(" ".join(text.split()[:6]) for text in _real_texts()))[:60]
+    instructions = [REVIEW_INSTRUCTION] * len(texts)
+    try:
+        model = get_model(tiny_t5_path, device="cpu", backend="openvino")
+        streamed = model.encode(instructions, texts, cache=None, token_budget=256)
+        monkeypatch.setenv(STREAMS_ENV, "1")
+        one_stream = model.encode(instructions, texts, cache=None, token_budget=256)
+        compiled = model.transformer.encoder._compiled
+        assert StreamLayout(streams=1, threads=2) in compiled
+        shared = compiled[StreamLayout(streams=2, threads=1)]
+        assert int(shared.get_property("NUM_STREAMS")) == 2
+        assert int(shared.get_property("INFERENCE_NUM_THREADS")) == 2
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_allclose(streamed, one_stream, atol=FLOAT32_TOLERANCE, rtol=0)
 
 
 # -- cache keys --------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Callers outside the engine reach it through ``entry.py`` (which decides keys, lo
 loading); this module encodes. The path of a text, each step in its own module::
 
     tokenization (instruction + text, instruction mask)
-      -> batching (length-sorted, token-budgeted batches)
+      -> batching (length-sorted, token-budgeted batches; on the CPU several run at once,
+         see cpu_streams)
       -> stages/: transformer -> pooling -> dense -> normalize
       -> the embedding cache (store / reuse) -> float32 numpy rows in input order
 """
@@ -12,8 +13,9 @@ loading); this module encodes. The path of a text, each step in its own module::
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +32,7 @@ from .chunking import (
     RowProgress,
     plan_chunks,
 )
+from .cpu_streams import cpu_layout, run_in_streams
 from .device import check_backend, dtype_name
 from .lookup import CacheLookup
 from .padded_batch import padded_batch
@@ -136,6 +139,10 @@ class EmbeddingModel:
         # leaves results on the device, copied back in groups. On the CPU the two would only
         # compete for the same cores (tests force it there with pipelined=True).
         self._pipelined = not device.startswith("cpu") if pipelined is None else pipelined
+        # On the CPU, batches run side by side in streams (cpu_streams), except through a
+        # compiled encoder: inductor's code keeps the thread count it was compiled at.
+        self._on_cpu = device.startswith("cpu")
+        self._streams_allowed = not compile
         self._counter_lock = threading.Lock()
         self.n_encoded = 0
 
@@ -284,19 +291,37 @@ class EmbeddingModel:
                 n_truncated += tokenized.n_truncated
                 pending: list[tuple[np.ndarray, torch.Tensor]] = []
                 pending_rows = 0
-                for batch in batches:
-                    vectors = self._forward_splitting_on_oom(
-                        [tokenized.input_ids[i] for i in batch],
-                        tokenized.instruction_lengths[batch],
-                        normalize=normalize,
-                    )
-                    pending.append((block[batch], vectors))
-                    pending_rows += len(batch)
-                    if not self._pipelined or pending_rows >= _DEVICE_FLUSH_ROWS:
-                        flush(pending)
-                        pending, pending_rows = [], 0
+                with self._batch_results(tokenized, batches, normalize=normalize) as results:
+                    for batch, vectors in zip(batches, results, strict=True):
+                        pending.append((block[batch], vectors))
+                        pending_rows += len(batch)
+                        if not self._pipelined or pending_rows >= _DEVICE_FLUSH_ROWS:
+                            flush(pending)
+                            pending, pending_rows = [], 0
                 flush(pending)
         return n_truncated
+
+    @contextmanager
+    def _batch_results(
+        self, tokenized, batches: list[np.ndarray], *, normalize: bool
+    ) -> Iterator[Iterator[torch.Tensor]]:
+        """The vectors of each batch, in order: on an accelerator computed one batch after the
+        other; on the CPU several batches at once, in the streams of ``cpu_streams`` (torch's
+        threads set for them while the results are read, and put back after)."""
+
+        def run(batch: np.ndarray) -> torch.Tensor:
+            return self._forward_splitting_on_oom(
+                [tokenized.input_ids[i] for i in batch],
+                tokenized.instruction_lengths[batch],
+                normalize=normalize,
+            )
+
+        if not self._on_cpu:
+            yield map(run, batches)
+            return
+        with cpu_layout(len(batches), allow_streams=self._streams_allowed) as layout:
+            with closing(run_in_streams(run, batches, layout.streams)) as results:
+                yield results
 
     def encode_chunks(
         self,

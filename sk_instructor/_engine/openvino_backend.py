@@ -16,9 +16,10 @@ asked for. (OpenVINO 2025.0 and 2025.2 converted transformers 5's BERT into a mo
 NaN; 2025.3 is the lowest release found to work, hence the extra's floor. Importing openvino
 starts its usage telemetry, which its ``opt_in_out --opt_out`` command turns off.)
 
-Threads follow torch's setting (``torch.get_num_threads()``, which
-``$SK_INSTRUCTOR_NUM_THREADS`` sets when a model is asked for): the model is compiled once per
-thread count met, so that one setting governs both backends.
+Threads follow the engine's layout for the encode running (``cpu_streams.current_layout``:
+torch's threads, which ``$SK_INSTRUCTOR_NUM_THREADS`` sets, shared out between streams that run
+batches side by side): the model is compiled once per layout met, with one OpenVINO stream per
+engine stream, so that the streams' requests run at once on weights compiled once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cpu_streams import StreamLayout, current_layout
 from .device import OPENVINO_INSTALL_HINT
 
 __all__ = ["OpenVINOEncoder", "import_openvino"]
@@ -110,28 +112,33 @@ class OpenVINOEncoder:
                 # the stage lets go (and compiling again, for another thread count, reads them).
                 share_weights=False,
             )
-        self._compiled: dict[int, Any] = {}
+        self._compiled: dict[StreamLayout, Any] = {}
         self._lock = threading.Lock()
 
-    def _compiled_for(self, threads: int) -> Any:
-        """The model compiled for ``threads`` CPU threads (compiled on first use)."""
-        compiled = self._compiled.get(threads)
+    def _compiled_for(self, layout: StreamLayout) -> Any:
+        """The model compiled for ``layout`` (compiled on first use)."""
+        compiled = self._compiled.get(layout)
         if compiled is None:
             with self._lock:
-                compiled = self._compiled.get(threads)
+                compiled = self._compiled.get(layout)
                 if compiled is None:
+                    if layout.streams == 1:
+                        # One batch at a time: the latency hint gives it every thread.
+                        placement = {"PERFORMANCE_HINT": "LATENCY"}
+                    else:
+                        # The engine's streams call at once: as many OpenVINO streams, so their
+                        # requests run side by side instead of queueing for one.
+                        placement = {"NUM_STREAMS": layout.streams}
                     compiled = self._core.compile_model(
                         self._model,
                         "CPU",
                         {
                             "INFERENCE_PRECISION_HINT": self.precision,
-                            "INFERENCE_NUM_THREADS": threads,
-                            # One batch at a time, as the engine sends them: the latency hint
-                            # gives it every thread instead of splitting them into streams.
-                            "PERFORMANCE_HINT": "LATENCY",
+                            "INFERENCE_NUM_THREADS": layout.streams * layout.threads,
+                            **placement,
                         },
                     )
-                    self._compiled[threads] = compiled
+                    self._compiled[layout] = compiled
         return compiled
 
     def __call__(
@@ -139,9 +146,9 @@ class OpenVINOEncoder:
     ) -> SimpleNamespace:
         ids = input_ids.cpu().numpy()
         mask = np.ones_like(ids) if attention_mask is None else attention_mask.cpu().numpy()
-        # One request per call: a compiled model's own request is not safe to share between
-        # threads, and a request is cheap next to a forward.
-        request = self._compiled_for(torch.get_num_threads()).create_infer_request()
+        # One request per call: the streams call at once, a request is not safe to share between
+        # threads, and it is cheap next to a forward.
+        request = self._compiled_for(current_layout()).create_infer_request()
         request.infer({"input_ids": ids, "attention_mask": mask.astype(np.int64, copy=False)})
         # Copied out: the request owns the output's memory.
         hidden = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)

@@ -388,7 +388,12 @@ class FastT5Encoder(torch.nn.Module):
                 device=self.embedding.device,
             )
             table = F.embedding(buckets, self.position_table).permute(2, 0, 1).unsqueeze(0)
-            table = self._bias_table = table.contiguous()
+            table = table.contiguous()
+            # CPU streams compute batches at once: a narrower table made meanwhile by another
+            # stream must not replace a wider one (each call uses its own local table).
+            current = self._bias_table
+            if current is None or current.shape[-1] < table.shape[-1]:
+                self._bias_table = table
         if table.shape[-1] == length:
             return table
         return table[:, :, :length, :length].contiguous()
