@@ -12,6 +12,9 @@ Rows (each skipped, with the reason printed, when it cannot run here):
   ``InstructorVectorizer(backend="openvino", dtype="float32" / "bfloat16")``: the encoder body
   converted in-process with ``openvino.convert_model`` and run by OpenVINO, everything else
   the engine's (threads follow torch's setting, as in the engine).
+- ``... one stream``: the row above it with ``$SK_INSTRUCTOR_CPU_STREAMS=1``: one batch at a
+  time on every thread, as the engine ran before it encoded batches side by side on the CPU
+  (``_engine/cpu_streams.py``); the rows without it run the default, a stream per thread.
 - T5 only: ``ours bfloat16 transformers``: transformers' module in bfloat16 forced
   (``implementation="transformers"``), what the engine ran before it chose the fast forward;
   ``ours float32 fast`` / ``ours bfloat16 fast``: our T5 forward (``t5_encoder.py``)
@@ -60,6 +63,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -139,6 +143,33 @@ def torch_row(label: str, model, threads: tuple[int, ...] | None = None) -> Row:
         return model.encode([INSTRUCTION] * len(texts), texts, cache=None)
 
     return Row(label, encode, threads)
+
+
+@contextlib.contextmanager
+def streams_capped(value: str):
+    """``$SK_INSTRUCTOR_CPU_STREAMS`` set to ``value`` inside (the engine reads it per encode)."""
+    from sk_instructor._engine.cpu_streams import STREAMS_ENV
+
+    before = os.environ.get(STREAMS_ENV)
+    os.environ[STREAMS_ENV] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[STREAMS_ENV]
+        else:
+            os.environ[STREAMS_ENV] = before
+
+
+def one_stream(row: Row) -> Row:
+    """``row`` with the engine's CPU streams capped at one: one batch at a time on every
+    thread, the engine before streams (``_engine/cpu_streams.py``)."""
+
+    def encode(texts: list[str], n_threads: int) -> np.ndarray:
+        with streams_capped("1"):
+            return row.encode(texts, n_threads)
+
+    return Row(f"{row.label} one stream", encode, row.threads)
 
 
 class AutocastEncoder:
@@ -283,7 +314,10 @@ def runtime_rows(path: Path, name: str, args, threads: list[int]) -> list[Row]:
 
         def encode(texts: list[str], n_threads: int) -> np.ndarray:
             encoder.threads = n_threads
-            return model.encode([INSTRUCTION] * len(texts), texts, cache=None)
+            # One batch at a time: the runtime's session / compiled model takes the threads
+            # itself, as it would as a backend of its own.
+            with streams_capped("1"):
+                return model.encode([INSTRUCTION] * len(texts), texts, cache=None)
 
         return Row(label, encode)
 
@@ -414,10 +448,9 @@ def our_rows(path: Path, model_type: str, args, threads: list[int], texts: list[
     from sk_instructor._engine.model import EmbeddingModel
     from sk_instructor._engine.registry import get_model
 
-    rows = [
-        torch_row("ours float32", get_model(path, device="cpu", dtype="float32")),
-        torch_row("ours bfloat16", get_model(path, device="cpu", dtype="bfloat16")),
-    ]
+    float32 = torch_row("ours float32", get_model(path, device="cpu", dtype="float32"))
+    bfloat16 = torch_row("ours bfloat16", get_model(path, device="cpu", dtype="bfloat16"))
+    rows = [float32, one_stream(float32), bfloat16, one_stream(bfloat16)]
     if importlib.util.find_spec("openvino") is None:
         print('skip ours openvino rows: pip install "sk-instructor[openvino]"')
     else:
@@ -427,7 +460,7 @@ def our_rows(path: Path, model_type: str, args, threads: list[int], texts: list[
                 f"ours openvino {short}", path, texts, backend="openvino", dtype=dtype
             )
             print(f"{row.label}: loaded and converted in {time.perf_counter() - start:.1f} s")
-            rows.append(row)
+            rows += [row, one_stream(row)]
     if model_type == "t5":
         model = get_model(path, device="cpu", dtype="bfloat16", implementation="transformers")
         rows.append(torch_row("ours bfloat16 transformers", model))
@@ -476,8 +509,6 @@ class BusyCore:
 
 
 def time_rows(rows: list[Row], texts: list[str], threads: list[int], loads, repeats: int) -> None:
-    import contextlib
-
     for load in loads:
         with BusyCore() if load == "busy" else contextlib.nullcontext():
             for n in threads:

@@ -222,11 +222,20 @@ def test_failure_mid_transform_leaves_the_cache_consistent(tiny_t5_path, monkeyp
     cache = MemoryCache()
     texts = [f"row {k} " + "x " * k for k in range(40)]
     expected = model.encode([""] * 40, texts)
-    real_encoder, calls = model.transformer.encoder, []
+    real_encoder, widths = model.transformer.encoder, []
+
+    def recording_encoder(**kwargs):
+        widths.append(kwargs["input_ids"].shape[1])
+        return real_encoder(**kwargs)
+
+    # Batches of 8 rows of distinct lengths are read longest first; on the CPU several run at
+    # once (cpu_streams), so the third batch is told by its width, not by the order of calls.
+    monkeypatch.setattr(model.transformer, "encoder", recording_encoder)
+    model.encode([""] * 40, texts, batch_size=8)
+    third_width = sorted(widths, reverse=True)[2]
 
     def failing_encoder(**kwargs):
-        calls.append(1)
-        if len(calls) == 3:
+        if kwargs["input_ids"].shape[1] == third_width:
             raise RuntimeError("simulated failure in the third batch")
         return real_encoder(**kwargs)
 
