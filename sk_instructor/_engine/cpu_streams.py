@@ -34,6 +34,8 @@ from typing import TypeVar
 
 import torch
 
+from .environment import positive_int_from_env
+
 __all__ = [
     "STREAMS_ENV",
     "StreamLayout",
@@ -84,20 +86,11 @@ def plan_layout(total_threads: int, n_batches: int, max_streams: int | None = No
 def streams_from_env() -> int | None:
     """``$SK_INSTRUCTOR_CPU_STREAMS`` as a positive integer, or ``None`` when unset or empty; a
     ValueError naming the variable refuses anything else."""
-    value = os.environ.get(STREAMS_ENV, "").strip()
-    if not value:
-        return None
-    try:
-        streams = int(value)
-    except ValueError:
-        streams = 0
-    if streams < 1:
-        raise ValueError(
-            f"{STREAMS_ENV}={value!r}: expected a positive integer (the most batches a CPU "
-            f"encode runs at once; 1 runs one batch at a time on every thread); unset it for "
-            f"one per thread."
-        )
-    return streams
+    return positive_int_from_env(
+        STREAMS_ENV,
+        meaning="the most batches a CPU encode runs at once",
+        advice="1 runs one batch at a time on every thread; unset it for one per thread",
+    )
 
 
 # The encodes running now, the layout the first of them chose and torch's thread count before

@@ -13,12 +13,13 @@ here only when the answer needs it: a CPU-only build of torch says so in its ``v
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import sys
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .environment import positive_int_from_env
 
 if TYPE_CHECKING:
     import torch
@@ -226,20 +227,11 @@ def num_threads_from_env() -> int | None:
 
     A ValueError naming the variable refuses anything else, before a model loads.
     """
-    value = os.environ.get(NUM_THREADS_ENV, "").strip()
-    if not value:
-        return None
-    try:
-        threads = int(value)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise ValueError(
-            f"{NUM_THREADS_ENV}={value!r}: expected a positive integer (torch's CPU threads for "
-            f"encoding), e.g. 1 when other processes share the cores; unset it for torch's "
-            f"default (one per core)."
-        )
-    return threads
+    return positive_int_from_env(
+        NUM_THREADS_ENV,
+        meaning="torch's CPU threads for encoding",
+        advice="unset it for torch's default (one per core)",
+    )
 
 
 def apply_num_threads(*, limit: int | None = None) -> int | None:

@@ -28,6 +28,7 @@ import torch
 from .._warnings import warn
 from .checkpoint import resolve_model
 from .device import NUM_THREADS_ENV, apply_num_threads, resolve_device
+from .environment import positive_int_from_env
 from .model import EmbeddingModel
 
 __all__ = [
@@ -117,19 +118,12 @@ def get_model(
 
 def max_loaded_models() -> int:
     """How many models the registry keeps: ``$SK_INSTRUCTOR_MAX_LOADED_MODELS``, default 4."""
-    value = os.environ.get(MAX_LOADED_MODELS_ENV, "").strip()
-    if not value:
-        return _DEFAULT_MAX_LOADED_MODELS
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
-    if limit < 1:
-        raise ValueError(
-            f"{MAX_LOADED_MODELS_ENV}={value!r}: expected a positive integer (models kept "
-            f"loaded), e.g. 1 to keep only the model in use."
-        )
-    return limit
+    limit = positive_int_from_env(
+        MAX_LOADED_MODELS_ENV,
+        meaning="models kept loaded",
+        advice="e.g. 1 keeps only the model in use",
+    )
+    return _DEFAULT_MAX_LOADED_MODELS if limit is None else limit
 
 
 def loaded_models() -> list[EmbeddingModel]:
