@@ -19,7 +19,8 @@ a time on every thread, the layout before streams).
 
 torch's thread count is process-wide: :func:`cpu_layout` sets the per-stream count for the
 time of an encode and puts the user's back after it, also on errors. Encodes running at once in
-one process share the layout the first of them chose.
+one process share the layout the first of them chose, and the stream threads, which are started
+once per process and kept (see ``_POOLS``: threads ended per encode made forked children hang).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -149,8 +150,11 @@ def run_in_streams(function: Callable[[T], R], items: Iterable[T], streams: int)
 
     Results come back in the order of ``items`` (the caller stores them as they come). When a
     call fails, or the caller stops reading, the calls not started are cancelled and the
-    running ones waited for before the error goes on: no thread outlives the encode. Each call
-    runs in inference mode (torch's grad mode is per thread).
+    running ones waited for before the error goes on: no batch of this encode runs after it.
+    Each call runs in inference mode (torch's grad mode is per thread).
+
+    The threads are the process's streams (:func:`_stream_pool`), started once and kept, not
+    started and ended per encode.
     """
     items = list(items)
     if streams <= 1 or len(items) <= 1:
@@ -162,20 +166,45 @@ def run_in_streams(function: Callable[[T], R], items: Iterable[T], streams: int)
         with torch.inference_mode():
             return function(item)
 
-    pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="sk-instructor-stream")
+    futures = [_stream_pool(streams).submit(call, item) for item in items]
     try:
-        futures = [pool.submit(call, item) for item in items]
         for future in futures:
             yield future.result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures:
+            future.cancel()
+        wait(futures)
+
+
+# The stream threads, one pool per stream count met, kept for the life of the process. A thread
+# that ends takes per-thread state of the math libraries with it (MKL's GEMM buffers among
+# them) in destructors that run after Python has let the thread go: a fork at that moment left
+# the child spinning forever on MKL's allocator lock (2 of 40 forks after encodes that started
+# and ended their threads). Threads kept for good never end during an encode or a fork.
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_GUARD = threading.Lock()
+
+
+def _stream_pool(streams: int) -> ThreadPoolExecutor:
+    """The pool of ``streams`` threads, started on first use. Encodes running at once share it,
+    so together they run at most ``streams`` batches at a time."""
+    with _POOLS_GUARD:
+        pool = _POOLS.get(streams)
+        if pool is None:
+            pool = _POOLS[streams] = ThreadPoolExecutor(
+                max_workers=streams, thread_name_prefix=f"sk-instructor-stream-{streams}"
+            )
+        return pool
 
 
 def _after_fork_in_child() -> None:
     # A child forked during an encode has none of its threads: it starts with no encode running
     # (torch's threads are the registry's business after a fork).
-    global _GUARD, _active, _layout, _threads_before
+    # The stream threads are not in the child either: its pools start afresh on first use.
+    global _GUARD, _POOLS_GUARD, _active, _layout, _threads_before
     _GUARD = threading.Lock()
+    _POOLS_GUARD = threading.Lock()
+    _POOLS.clear()
     _active = 0
     _layout = _threads_before = None
 
