@@ -108,6 +108,24 @@ def _embed_and_count_threads(vectorizer, results):
     results.put((torch.get_num_threads(), vectors))
 
 
+def result_of_forked_child(target, *args, timeout: float = 120):
+    """Run ``target(*args, results)`` in a child forked now; what it put in ``results``, or
+    ``None`` when nothing came within ``timeout`` seconds (a hang guard only: the child is then
+    killed)."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=target, args=(*args, results))
+    child.start()
+    try:
+        got = results.get(timeout=timeout)
+    except queue.Empty:
+        got = None
+    child.join(timeout)
+    if child.is_alive():
+        child.kill()
+    return got
+
+
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs os.fork")
 def test_a_child_forked_after_loading_stays_on_one_thread_whatever_the_variable(
     tiny_t5_path, monkeypatch, restore_torch_threads
@@ -121,17 +139,7 @@ def test_a_child_forked_after_loading_stays_on_one_thread_whatever_the_variable(
     vectorizer.fit(TEXTS)
     vectorizer.transform([f"text {k} about rivers and banks" for k in range(200)])
     expected = vectorizer.transform(TEXTS)
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    child = context.Process(target=_embed_and_count_threads, args=(vectorizer, results))
-    child.start()
-    try:
-        got = results.get(timeout=120)  # a hang guard only
-    except queue.Empty:
-        got = None
-    child.join(120)
-    if child.is_alive():
-        child.kill()
+    got = result_of_forked_child(_embed_and_count_threads, vectorizer)
     assert got is not None, "the forked child hung"
     threads, vectors = got
     assert threads == 1

@@ -9,13 +9,12 @@ idle,busy``, never here.
 from __future__ import annotations
 
 import multiprocessing
-import queue
 import threading
 
 import numpy as np
 import pytest
 import torch
-from test_cpu_modes import REVIEW_INSTRUCTION, _real_texts
+from test_cpu_modes import REVIEW_INSTRUCTION, _real_texts, result_of_forked_child
 
 from sk_instructor import InstructorVectorizer, MemoryCache
 from sk_instructor._cache.keys import KeySettings
@@ -158,19 +157,9 @@ def test_processes_forked_right_after_stream_encodes_embed(tiny_t5_path, texts, 
     # right after an encode whose batches ran in streams.
     model = get_model(tiny_t5_path, device="cpu")
     instructions = [REVIEW_INSTRUCTION] * len(texts)
-    context = multiprocessing.get_context("fork")
     for attempt in range(40):
         model.encode(instructions, texts, cache=None, token_budget=SMALL_BUDGET)
-        results = context.Queue()
-        child = context.Process(target=_encode_in_child, args=(model, texts[:4], results))
-        child.start()
-        try:
-            got = results.get(timeout=60)  # a hang guard only
-        except queue.Empty:
-            got = None
-        child.join(60)
-        if child.is_alive():
-            child.kill()
+        got = result_of_forked_child(_encode_in_child, model, texts[:4], timeout=60)
         assert got is not None, f"the child forked after encode {attempt + 1} hung"
         assert got.shape == (4, model.embedding_dim)
 
