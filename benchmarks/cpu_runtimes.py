@@ -76,6 +76,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 
@@ -145,20 +146,11 @@ def torch_row(label: str, model, threads: tuple[int, ...] | None = None) -> Row:
     return Row(label, encode, threads)
 
 
-@contextlib.contextmanager
 def streams_capped(value: str):
     """``$SK_INSTRUCTOR_CPU_STREAMS`` set to ``value`` inside (the engine reads it per encode)."""
     from sk_instructor._engine.cpu_streams import STREAMS_ENV
 
-    before = os.environ.get(STREAMS_ENV)
-    os.environ[STREAMS_ENV] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[STREAMS_ENV]
-        else:
-            os.environ[STREAMS_ENV] = before
+    return mock.patch.dict(os.environ, {STREAMS_ENV: value})
 
 
 def one_stream(row: Row) -> Row:

@@ -4,12 +4,12 @@ batches with its share of torch's threads.
 Why: torch runs an operation on its threads in lock step, each taking a slice and all meeting
 at the end. When another process takes one of the cores, the thread that loses its core holds
 the others up at every meeting, hundreds of times per batch. On a 2-core machine with one core
-kept busy, two threads in lock step were *slower* than one (all-MiniLM-L6-v2, float32: 64
-texts/s at 2 threads, 97 at 1). Two streams of one thread share no meeting: each runs at the
-speed of the core it has, and together they use what the other process leaves (121 texts/s),
-while on an idle machine they match or beat the lock step (201 against 188 texts/s; bfloat16:
-578 against 568 idle, 415 against 155 busy). Figures: ``benchmarks/cpu_runtimes.py --loads
-idle,busy``, README "Speed on a CPU".
+kept busy, two threads in lock step were *slower* than one (all-MiniLM-L6-v2, float32: 63.9
+texts/s at 2 threads, 104.0 at 1). Two streams of one thread share no meeting: each runs at the
+speed of the core it has, and together they use what the other process leaves (129.1 texts/s),
+while on an idle machine they match or beat the lock step (209.3 against 192.0 texts/s;
+bfloat16: 549.4 against 542.7 idle, 360.8 against 156.9 busy). Figures:
+``benchmarks/cpu_runtimes.py --loads idle,busy``, README "Speed on a CPU".
 
 The layout (:func:`plan_layout`): as many streams as torch has threads, but no more than there
 are batches to run, the threads shared out between them; so a call with a single batch still
